@@ -1,0 +1,23 @@
+"""Typed keys for state stored on the application and on requests (no module globals)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.events import EventBus
+    from gateway.proxy.http import HttpForwarder
+    from gateway.proxy.observer import ObserverChain
+    from gateway.proxy.upstream import BackendPool
+    from gateway.registry import ServerRegistry
+
+REGISTRY: web.AppKey[ServerRegistry] = web.AppKey("registry")
+EVENTS: web.AppKey[EventBus] = web.AppKey("events")
+BACKENDS: web.AppKey[BackendPool] = web.AppKey("backends")
+OBSERVERS: web.AppKey[ObserverChain] = web.AppKey("observers")
+FORWARDER: web.AppKey[HttpForwarder] = web.AppKey("forwarder")
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+EXTRAS: web.AppKey[dict[str, Any]] = web.AppKey("extras")

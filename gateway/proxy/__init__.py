@@ -1,0 +1,1 @@
+"""The data plane: moves HTTP and websocket bytes between clients and backends (no policy)."""

@@ -1,0 +1,235 @@
+"""HTTP forwarding: stream one client request to a backend and its answer back.
+
+Contract of :meth:`HttpForwarder.forward`:
+
+* bodies stream both ways in chunks; memory stays bounded whatever their size (small answers
+  with a known length are read whole: cheaper, and still bounded by ``SMALL_BODY``);
+* the raw, still percent-encoded path and query reach the backend byte for byte;
+* headers follow :mod:`gateway.proxy.headers`;
+* a body larger than ``proxy.max_body_size`` is refused with 413 before anything is sent;
+* a refused connection (nothing was sent yet) is retried on the next backend ``pick`` offers;
+  nothing else is ever retried, because ``POST /prompt`` is not idempotent;
+* upstream failures answer JSON naming the backend and the cause: connect error and reset 502,
+  timeout 504, no backend at all 503. A failure after the answer started aborts the connection;
+* a client that goes away cancels the handler (``handler_cancellation``), which closes the
+  upstream request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.keys import REQUEST_ID
+from gateway.proxy.headers import client_response_headers, upstream_request_headers
+from gateway.proxy.observer import TrafficObserver, route_group
+from gateway.proxy.upstream import Backend
+
+SMALL_BODY = 256 * 1024
+CHUNK = 256 * 1024
+
+PickBackend = Callable[[frozenset[str]], Backend | None]
+"""Given the ids already tried, return the next backend to try, or None to give up."""
+
+
+def error_response(
+    status: int, kind: str, message: str, backend: str | None = None, **extra: Any
+) -> web.Response:
+    """Return the gateway's JSON error answer (ComfyUI-like ``{"error": {...}}`` envelope)."""
+    error: dict[str, Any] = {"type": kind, "message": message}
+    if backend is not None:
+        error["backend"] = backend
+    error.update(extra)
+    return web.json_response({"error": error}, status=status)
+
+
+class BodyTooLarge(Exception):
+    """The client's streamed body exceeded the configured limit."""
+
+
+async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    total = 0
+    async for chunk in stream.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise BodyTooLarge(total)
+        yield chunk
+
+
+class HttpForwarder:
+    """Forward HTTP requests to backends; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        observer: TrafficObserver,
+        *,
+        max_body_size: Callable[[], int],
+        trust_forwarded: Callable[[], bool],
+    ) -> None:
+        self._observer = observer
+        self._max_body_size = max_body_size
+        self._trust_forwarded = trust_forwarded
+
+    def upstream_headers(self, request: web.Request, backend: Backend) -> CIMultiDict[str]:
+        """Return the headers for ``request`` as sent to ``backend``."""
+        return upstream_request_headers(
+            request.headers,
+            peer=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            request_id=request.get(REQUEST_ID),
+            backend_auth=backend.auth_headers,
+            trust_forwarded=self._trust_forwarded(),
+        )
+
+    async def forward(
+        self,
+        request: web.Request,
+        pick: PickBackend,
+        *,
+        body: bytes | None = None,
+        path_qs: str | None = None,
+    ) -> web.StreamResponse:
+        """Forward ``request`` (or ``body`` in place of its body) and return the answer."""
+        started = time.perf_counter()
+        group = route_group(request.path)
+        limit = self._max_body_size()
+        if body is None and request.content_length is not None and request.content_length > limit:
+            return self._finish(
+                request, None, group, started,
+                error_response(413, "request_too_large",
+                               f"request body of {request.content_length} bytes exceeds the "
+                               f"gateway limit of {limit} bytes"),
+            )
+        tried: set[str] = set()
+        raw = path_qs if path_qs is not None else request.raw_path
+        while (backend := pick(frozenset(tried))) is not None:
+            tried.add(backend.id)
+            try:
+                return await self._exchange(request, backend, raw, body, limit, group, started)
+            except aiohttp.ClientConnectorError as exc:
+                self._observer.upstream_failed(backend.id, "connect", str(exc))
+                failure = error_response(
+                    502, "upstream_unreachable",
+                    f"could not connect to backend {backend.id!r}: {exc.os_error or exc}",
+                    backend.id,
+                )
+                continue  # nothing was sent: safe to try the next backend
+            except BodyTooLarge:
+                return self._finish(
+                    request, backend.id, group, started,
+                    error_response(413, "request_too_large",
+                                   f"request body exceeds the gateway limit of {limit} bytes"),
+                )
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                self._observer.upstream_failed(backend.id, "timeout", repr(exc))
+                return self._finish(
+                    request, backend.id, group, started,
+                    error_response(504, "upstream_timeout",
+                                   f"backend {backend.id!r} did not answer in time", backend.id),
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+                    aiohttp.ClientPayloadError) as exc:
+                self._observer.upstream_failed(backend.id, "reset", repr(exc))
+                return self._finish(
+                    request, backend.id, group, started,
+                    error_response(502, "upstream_reset",
+                                   f"backend {backend.id!r} closed the connection: {exc}",
+                                   backend.id),
+                )
+        if tried:
+            return self._finish(request, None, group, started, failure)
+        return self._finish(
+            request, None, group, started,
+            error_response(503, "no_backend_available",
+                           "no healthy ComfyUI backend is available right now"),
+        )
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        backend: Backend,
+        raw_path_qs: str,
+        body: bytes | None,
+        limit: int,
+        group: str,
+        started: float,
+    ) -> web.StreamResponse:
+        headers = self.upstream_headers(request, backend)
+        data: Any = None
+        if body is not None:
+            data = body
+            headers.popall("Content-Length", None)
+        elif request.body_exists:
+            data = _limited(request.content, limit)
+        async with backend.session.request(
+            request.method,
+            backend.url(raw_path_qs),
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            compress=None,
+        ) as upstream:
+            return await self._relay_response(request, backend, upstream, group, started)
+
+    async def _relay_response(
+        self,
+        request: web.Request,
+        backend: Backend,
+        upstream: aiohttp.ClientResponse,
+        group: str,
+        started: float,
+    ) -> web.StreamResponse:
+        status = upstream.status
+        if status >= 500:
+            self._observer.upstream_failed(backend.id, "status_5xx", str(status))
+        else:
+            self._observer.upstream_succeeded(backend.id)
+        headers = client_response_headers(upstream.headers)
+        length = upstream.content_length
+        if request.method == "HEAD" or status in (204, 304) or status < 200:
+            response = web.Response(status=status, headers=headers)
+            return self._finish(request, backend.id, group, started, response)
+        if length is not None and length <= SMALL_BODY:
+            payload = await upstream.read()
+            headers.popall("Content-Length", None)
+            response = web.Response(status=status, headers=headers, body=payload)
+            return self._finish(request, backend.id, group, started, response, len(payload))
+        stream = web.StreamResponse(status=status, headers=headers)
+        if length is not None:
+            stream.content_length = length
+        await stream.prepare(request)
+        sent = 0
+        async for chunk in upstream.content.iter_chunked(CHUNK):
+            await stream.write(chunk)
+            sent += len(chunk)
+        await stream.write_eof()
+        return self._finish(request, backend.id, group, started, stream, sent)
+
+    def _finish(
+        self,
+        request: web.Request,
+        backend: str | None,
+        group: str,
+        started: float,
+        response: web.StreamResponse,
+        sent: int | None = None,
+    ) -> web.StreamResponse:
+        if sent is None:
+            body = getattr(response, "body", None)
+            sent = len(body) if isinstance(body, bytes | bytearray) else 0
+        self._observer.request_finished(
+            backend,
+            request.method,
+            group,
+            response.status,
+            time.perf_counter() - started,
+            request.content_length or 0,
+            sent,
+        )
+        return response

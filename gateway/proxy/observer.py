@@ -1,0 +1,103 @@
+"""What the data plane reports about the traffic it moves.
+
+The proxy knows nothing about metrics, logs or health policy; it reports outcomes to a
+:class:`TrafficObserver`. Passive health checks, Prometheus metrics and access logs each
+implement the part they care about; :class:`ObserverChain` fans a report out to all of them.
+Every method must be cheap and must not raise: it runs on the hot path.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+UpstreamErrorKind = Literal["connect", "timeout", "reset", "status_5xx"]
+WsSide = Literal["client", "upstream"]
+WsDirection = Literal["to_client", "to_upstream"]
+
+
+class TrafficObserver:
+    """Base observer: every hook is a no-op; subclasses override what they need."""
+
+    def request_finished(
+        self,
+        backend: str | None,
+        method: str,
+        group: str,
+        status: int,
+        duration: float,
+        bytes_in: int,
+        bytes_out: int,
+    ) -> None:
+        """Record one proxied HTTP exchange (``backend`` None when none was reachable)."""
+
+    def upstream_failed(self, backend: str, kind: UpstreamErrorKind, detail: str) -> None:
+        """Record a failure talking to a backend (refused, reset, timeout, 5xx)."""
+
+    def upstream_succeeded(self, backend: str) -> None:
+        """Record a healthy exchange with a backend."""
+
+    def ws_opened(self, side: WsSide, backend: str | None) -> None:
+        """Record a websocket opened on one side of the relay."""
+
+    def ws_closed(self, side: WsSide, backend: str | None) -> None:
+        """Record a websocket closed on one side of the relay."""
+
+    def ws_relayed(self, direction: WsDirection, backend: str, binary: bool, size: int) -> None:
+        """Record one relayed websocket message."""
+
+
+class ObserverChain(TrafficObserver):
+    """Forward every report to each registered observer."""
+
+    def __init__(self) -> None:
+        self.observers: list[TrafficObserver] = []
+
+    def add(self, observer: TrafficObserver) -> None:
+        """Register an observer."""
+        self.observers.append(observer)
+
+    def request_finished(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+        for o in self.observers:
+            o.request_finished(*args, **kwargs)
+
+    def upstream_failed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+        for o in self.observers:
+            o.upstream_failed(*args, **kwargs)
+
+    def upstream_succeeded(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+        for o in self.observers:
+            o.upstream_succeeded(*args, **kwargs)
+
+    def ws_opened(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+        for o in self.observers:
+            o.ws_opened(*args, **kwargs)
+
+    def ws_closed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+        for o in self.observers:
+            o.ws_closed(*args, **kwargs)
+
+    def ws_relayed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+        for o in self.observers:
+            o.ws_relayed(*args, **kwargs)
+
+
+def route_group(path: str) -> str:
+    """Return the bounded metrics label for a request path (never the raw path)."""
+    p = path[4:] if path.startswith("/api/") else path
+    if p in ("/prompt", "/queue", "/interrupt", "/free") or p.startswith("/history"):
+        return "prompt"
+    if p.startswith("/view"):
+        return "view"
+    if p.startswith("/upload/"):
+        return "upload"
+    if p == "/ws":
+        return "ws"
+    if p in ("/system_stats", "/features", "/object_info") or p.startswith("/object_info/"):
+        return "info"
+    if p.startswith(("/userdata", "/v2/userdata", "/settings", "/users")):
+        return "userdata"
+    if p == "/" or p.startswith(("/assets/", "/extensions/", "/templates/", "/scripts/", "/fonts/")):
+        return "static"
+    if p.startswith("/internal/"):
+        return "internal"
+    return "other"
