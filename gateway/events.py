@@ -85,9 +85,7 @@ class EventBus:
             except Exception:  # a broken consumer must not break the producer
                 import structlog
 
-                structlog.get_logger("gateway.events").exception(
-                    "event listener failed", kind=kind
-                )
+                structlog.get_logger("gateway.events").exception("event listener failed", kind=kind)
         return event
 
     def subscribe(self, maxsize: int = 1000) -> Subscription:

@@ -37,6 +37,9 @@ HOP_BY_HOP = frozenset(
     )
 )
 _DROP_UPSTREAM = HOP_BY_HOP | {istr("Host"), istr("Origin"), istr("Referer")}
+_FORWARDED = frozenset(
+    istr(h) for h in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
+)
 _WS_HANDSHAKE = frozenset(
     istr(h)
     for h in (
@@ -75,9 +78,8 @@ def upstream_request_headers(
             continue
         if websocket and name in _WS_HANDSHAKE:
             continue
-        if name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"):
-            if not trust_forwarded:
-                continue
+        if not trust_forwarded and name in _FORWARDED:
+            continue
         out.add(name, value)
     if peer:
         previous = out.get("X-Forwarded-For")

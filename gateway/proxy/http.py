@@ -101,10 +101,16 @@ class HttpForwarder:
         limit = self._max_body_size()
         if body is None and request.content_length is not None and request.content_length > limit:
             return self._finish(
-                request, None, group, started,
-                error_response(413, "request_too_large",
-                               f"request body of {request.content_length} bytes exceeds the "
-                               f"gateway limit of {limit} bytes"),
+                request,
+                None,
+                group,
+                started,
+                error_response(
+                    413,
+                    "request_too_large",
+                    f"request body of {request.content_length} bytes exceeds the "
+                    f"gateway limit of {limit} bytes",
+                ),
             )
         tried: set[str] = set()
         raw = path_qs if path_qs is not None else request.raw_path
@@ -115,39 +121,66 @@ class HttpForwarder:
             except aiohttp.ClientConnectorError as exc:
                 self._observer.upstream_failed(backend.id, "connect", str(exc))
                 failure = error_response(
-                    502, "upstream_unreachable",
+                    502,
+                    "upstream_unreachable",
                     f"could not connect to backend {backend.id!r}: {exc.os_error or exc}",
                     backend.id,
                 )
                 continue  # nothing was sent: safe to try the next backend
             except BodyTooLarge:
                 return self._finish(
-                    request, backend.id, group, started,
-                    error_response(413, "request_too_large",
-                                   f"request body exceeds the gateway limit of {limit} bytes"),
+                    request,
+                    backend.id,
+                    group,
+                    started,
+                    error_response(
+                        413,
+                        "request_too_large",
+                        f"request body exceeds the gateway limit of {limit} bytes",
+                    ),
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 self._observer.upstream_failed(backend.id, "timeout", repr(exc))
                 return self._finish(
-                    request, backend.id, group, started,
-                    error_response(504, "upstream_timeout",
-                                   f"backend {backend.id!r} did not answer in time", backend.id),
+                    request,
+                    backend.id,
+                    group,
+                    started,
+                    error_response(
+                        504,
+                        "upstream_timeout",
+                        f"backend {backend.id!r} did not answer in time",
+                        backend.id,
+                    ),
                 )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-                    aiohttp.ClientPayloadError) as exc:
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError,
+            ) as exc:
                 self._observer.upstream_failed(backend.id, "reset", repr(exc))
                 return self._finish(
-                    request, backend.id, group, started,
-                    error_response(502, "upstream_reset",
-                                   f"backend {backend.id!r} closed the connection: {exc}",
-                                   backend.id),
+                    request,
+                    backend.id,
+                    group,
+                    started,
+                    error_response(
+                        502,
+                        "upstream_reset",
+                        f"backend {backend.id!r} closed the connection: {exc}",
+                        backend.id,
+                    ),
                 )
         if tried:
             return self._finish(request, None, group, started, failure)
         return self._finish(
-            request, None, group, started,
-            error_response(503, "no_backend_available",
-                           "no healthy ComfyUI backend is available right now"),
+            request,
+            None,
+            group,
+            started,
+            error_response(
+                503, "no_backend_available", "no healthy ComfyUI backend is available right now"
+            ),
         )
 
     async def _exchange(

@@ -56,27 +56,27 @@ class ObserverChain(TrafficObserver):
         """Register an observer."""
         self.observers.append(observer)
 
-    def request_finished(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+    def request_finished(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         for o in self.observers:
             o.request_finished(*args, **kwargs)
 
-    def upstream_failed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+    def upstream_failed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         for o in self.observers:
             o.upstream_failed(*args, **kwargs)
 
-    def upstream_succeeded(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+    def upstream_succeeded(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         for o in self.observers:
             o.upstream_succeeded(*args, **kwargs)
 
-    def ws_opened(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+    def ws_opened(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         for o in self.observers:
             o.ws_opened(*args, **kwargs)
 
-    def ws_closed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+    def ws_closed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         for o in self.observers:
             o.ws_closed(*args, **kwargs)
 
-    def ws_relayed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]  # noqa: D102
+    def ws_relayed(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         for o in self.observers:
             o.ws_relayed(*args, **kwargs)
 
@@ -96,7 +96,9 @@ def route_group(path: str) -> str:
         return "info"
     if p.startswith(("/userdata", "/v2/userdata", "/settings", "/users")):
         return "userdata"
-    if p == "/" or p.startswith(("/assets/", "/extensions/", "/templates/", "/scripts/", "/fonts/")):
+    if p == "/" or p.startswith(
+        ("/assets/", "/extensions/", "/templates/", "/scripts/", "/fonts/")
+    ):
         return "static"
     if p.startswith("/internal/"):
         return "internal"

@@ -21,9 +21,13 @@ versions do.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 CORS_ALLOW_HEADERS = "Content-Type, Authorization, Comfy-User, X-Request-ID, X-Gateway-Token"
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS, HEAD"
@@ -95,3 +99,30 @@ def forbidden_origin(origin: str | None) -> web.Response:
         },
         status=403,
     )
+
+
+def origin_middleware(allowed_origins: Callable[[], frozenset[str]]) -> Middleware:
+    """Return the front-door middleware enforcing the rules of this module."""
+
+    @web.middleware
+    async def check_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed, cors = origin_verdict(
+            origin=origin,
+            host=request.host,
+            sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
+            sec_fetch_mode=request.headers.get("Sec-Fetch-Mode"),
+            allowed=allowed_origins(),
+        )
+        if not allowed:
+            return forbidden_origin(origin)
+        if cors and origin is not None:
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+                return web.Response(status=204, headers=cors_headers(origin))
+            response = await handler(request)
+            if not response.prepared:
+                response.headers.update(cors_headers(origin))
+            return response
+        return await handler(request)
+
+    return check_origin

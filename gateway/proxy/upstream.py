@@ -61,8 +61,10 @@ class Backend:
     def url(self, raw_path_qs: str) -> URL:
         """Return the upstream URL for a client's raw (still percent-encoded) path and query."""
         base = str(self.base_url)
-        url = URL(base + raw_path_qs if raw_path_qs.startswith("/") else base + "/" + raw_path_qs,
-                  encoded=True)
+        url = URL(
+            base + raw_path_qs if raw_path_qs.startswith("/") else base + "/" + raw_path_qs,
+            encoded=True,
+        )
         if self.query_token is not None:
             url = url.update_query(token=self.query_token)
         return url

@@ -1,0 +1,471 @@
+"""Websocket relay: one client socket, one or more upstream sockets, surviving failover.
+
+A ComfyUI client holds one socket (``/ws?clientId=X``). Events of a prompt reach only the
+socket registered under the prompt's ``client_id`` *on the backend that runs it*, and are never
+buffered (shared/comfyui-api.md §3). So each client socket is a :class:`ClientBridge` that keeps:
+
+* a **primary** upstream socket on the serving backend, with the same ``clientId``;
+* **secondary** upstream sockets on other backends that still run prompts of this client
+  (the job layer asks for them with :meth:`WsRelay.ensure_upstream` before it forwards a prompt).
+
+Rules:
+
+* The client's clientId is kept; when it gives none, the gateway mints one (``uuid4().hex``, as
+  ComfyUI does) and uses it towards every backend, so the ``sid`` the client learns is stable.
+* The client's first text message, when it is ``feature_flags``, is remembered and replayed as
+  the first message on every upstream socket the bridge opens later; the backend's reply to a
+  replay is not passed to the client (it already has one).
+* Text and binary frames relay both ways unchanged. Downstream ``status`` messages come from the
+  primary only (the others would report another backend's queue).
+* When an upstream socket dies (backend down, frozen: heartbeats notice, reset), the bridge does
+  not close the client. It waits (bounded) for a serving backend, closes what is left of the old
+  socket *first* (ComfyUI deregisters a new socket when an old one with the same id closes
+  late), opens the new one with the same clientId and replays ``feature_flags``; the new
+  backend's greeting ``status`` tells the client the new queue. Only when no backend comes back
+  within ``reattach_timeout`` is the client closed (1011 with a reason).
+* When the client goes, every upstream socket of the bridge is closed; close codes from a
+  deliberate upstream close pass to the client when failover is not possible.
+* Both sides send heartbeats so a dead peer is noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
+
+from gateway.proxy.headers import upstream_request_headers
+from gateway.proxy.observer import TrafficObserver
+from gateway.proxy.upstream import Backend
+from gateway.tasks import cancel_and_wait, spawn
+
+log = structlog.get_logger("gateway.ws")
+
+WsMessageHook = Callable[[str, str, dict[str, Any]], dict[str, Any] | None]
+"""Called with (client_id, backend_id, parsed JSON message) for every downstream text message;
+returns a replacement message, or None to pass it unchanged."""
+
+
+@dataclass
+class WsSettings:
+    """Knobs of the relay (from ``proxy`` settings)."""
+
+    max_msg_size: int = 64 * 1024 * 1024
+    heartbeat: float = 30.0
+    reattach_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    trust_forwarded: bool = False
+
+
+@dataclass(eq=False)
+class _Upstream:
+    backend_id: str
+    ws: aiohttp.ClientWebSocketResponse
+    reader: asyncio.Task[None] | None = None
+    swallow_flags_reply: bool = False
+    closed_by_us: bool = False
+
+
+@dataclass(eq=False)
+class ClientBridge:
+    """One client websocket and its upstream sockets."""
+
+    client_id: str
+    client: web.WebSocketResponse
+    request: web.Request
+    feature_flags: str | None = None
+    first_client_text_seen: bool = False
+    primary: str | None = None
+    upstreams: dict[str, _Upstream] = field(default_factory=dict)
+    superseded: bool = False
+    primary_lost: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the client handshake is done: upstream readers wait for it before relaying."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class UpstreamRefused(Exception):
+    """A backend refused the websocket handshake with an HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WsRelay:
+    """Accept client websockets and relay them to backends (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        backend_for: Callable[[str], Backend | None],
+        serving_id: Callable[[], str | None],
+        candidates: Callable[[frozenset[str]], list[str]],
+        observer: TrafficObserver,
+        settings: Callable[[], WsSettings],
+    ) -> None:
+        self._backend_for = backend_for
+        self._serving_id = serving_id
+        self._candidates = candidates
+        self._observer = observer
+        self._settings = settings
+        self._bridges: dict[str, ClientBridge] = {}
+        self._all: set[ClientBridge] = set()
+        self._serving_changed = asyncio.Condition()
+        self.message_hooks: list[WsMessageHook] = []
+        self.keep_secondary: Callable[[str, str], bool] = lambda client_id, backend_id: False
+
+    # -- public API used by the app and the job layer ------------------------------------
+
+    def bridge(self, client_id: str) -> ClientBridge | None:
+        """Return the live bridge of a client id, or None."""
+        return self._bridges.get(client_id)
+
+    def connected_clients(self) -> int:
+        """Return how many client sockets are open."""
+        return len(self._all)
+
+    async def serving_changed(self) -> None:
+        """Tell bridges that the serving backend changed (they move their primary socket)."""
+        async with self._serving_changed:
+            self._serving_changed.notify_all()
+        for bridge in list(self._all):
+            bridge.primary_lost.set()
+
+    async def ensure_upstream(self, client_id: str, backend_id: str) -> bool:
+        """Make sure the client has an upstream socket on ``backend_id`` (before a prompt)."""
+        bridge = self._bridges.get(client_id)
+        if bridge is None or bridge.superseded or bridge.client.closed:
+            return False
+        async with bridge.lock:
+            if backend_id in bridge.upstreams and not bridge.upstreams[backend_id].ws.closed:
+                return True
+            try:
+                await self._open_upstream(bridge, backend_id)
+            except (aiohttp.ClientError, TimeoutError, UpstreamRefused) as exc:
+                log.warning(
+                    "ws upstream open failed",
+                    client_id=client_id,
+                    server=backend_id,
+                    error=str(exc),
+                )
+                return False
+        return True
+
+    async def send_to_client(self, client_id: str, message: dict[str, Any]) -> bool:
+        """Send a JSON message to a client's socket; return False when it is not connected."""
+        bridge = self._bridges.get(client_id)
+        if bridge is None or bridge.client.closed:
+            return False
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await bridge.client.send_str(json.dumps(message))
+            return True
+        return False
+
+    async def close_all(self, code: int = WSCloseCode.GOING_AWAY) -> None:
+        """Close every client and upstream socket (application shutdown)."""
+        for bridge in list(self._all):
+            bridge.superseded = True
+            await self._close_upstreams(bridge)
+            with contextlib.suppress(Exception):
+                await bridge.client.close(code=code, message=b"gateway shutting down")
+
+    # -- handshake ----------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Serve a client websocket upgrade on ``/ws`` or ``/api/ws``."""
+        settings = self._settings()
+        client_id = request.query.get("clientId") or uuid.uuid4().hex
+        client = web.WebSocketResponse(
+            max_msg_size=settings.max_msg_size,
+            heartbeat=settings.heartbeat,
+            autoping=True,
+        )
+        bridge = ClientBridge(client_id=client_id, client=client, request=request)
+        previous = self._bridges.get(client_id)
+        if previous is not None:
+            # Same clientId reconnecting (or a duplicated tab): the newer socket wins, like
+            # ComfyUI; close the older one's upstreams first so ComfyUI's late deregistration
+            # cannot remove the new registration (comfyui-api.md §3.1).
+            previous.superseded = True
+            async with previous.lock:
+                await self._close_upstreams(previous)
+        self._bridges[client_id] = bridge
+        try:
+            try:
+                async with bridge.lock:
+                    await self._attach_primary(bridge, frozenset())
+            except UpstreamRefused as exc:
+                return web.Response(status=exc.status, text=str(exc))
+            if not bridge.upstreams:
+                return web.json_response(
+                    {
+                        "error": {
+                            "type": "no_backend_available",
+                            "message": "no ComfyUI backend accepted the websocket",
+                        }
+                    },
+                    status=503,
+                )
+            await client.prepare(request)
+            bridge.ready.set()
+            self._all.add(bridge)
+            self._observer.ws_opened("client", None)
+            try:
+                await self._run(bridge)
+            finally:
+                self._all.discard(bridge)
+                self._observer.ws_closed("client", None)
+            return client
+        finally:
+            if self._bridges.get(client_id) is bridge:
+                del self._bridges[client_id]
+            await self._close_upstreams(bridge)
+
+    def _upstream_path(self, bridge: ClientBridge) -> str:
+        url = URL(bridge.request.raw_path, encoded=True)
+        return str(url.update_query(clientId=bridge.client_id))
+
+    async def _open_upstream(self, bridge: ClientBridge, backend_id: str) -> _Upstream:
+        backend = self._backend_for(backend_id)
+        if backend is None:
+            raise UpstreamRefused(502, f"unknown backend {backend_id!r}")
+        settings = self._settings()
+        stale = bridge.upstreams.pop(backend_id, None)
+        if stale is not None:
+            await self._close_upstream(stale)
+        headers = upstream_request_headers(
+            bridge.request.headers,
+            peer=bridge.request.remote,
+            scheme=bridge.request.scheme,
+            host=bridge.request.host,
+            request_id=None,
+            backend_auth=backend.auth_headers,
+            trust_forwarded=settings.trust_forwarded,
+            websocket=True,
+        )
+        try:
+            ws = await backend.session.ws_connect(
+                backend.ws_url(self._upstream_path(bridge)),
+                headers=headers,
+                max_msg_size=settings.max_msg_size,
+                heartbeat=settings.heartbeat,
+                autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                compress=0,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamRefused(
+                exc.status, f"backend {backend_id!r} refused: {exc.message}"
+            ) from None
+        except aiohttp.ClientConnectorError as exc:
+            self._observer.upstream_failed(backend_id, "connect", str(exc))
+            raise
+        upstream = _Upstream(backend_id=backend_id, ws=ws)
+        if bridge.feature_flags is not None:
+            upstream.swallow_flags_reply = True
+            await ws.send_str(bridge.feature_flags)
+        bridge.upstreams[backend_id] = upstream
+        self._observer.ws_opened("upstream", backend_id)
+        upstream.reader = spawn(
+            self._pump_down(bridge, upstream), name=f"ws-down-{bridge.client_id}-{backend_id}"
+        )
+        return upstream
+
+    async def _attach_primary(self, bridge: ClientBridge, tried: frozenset[str]) -> bool:
+        """Open the primary socket on the serving backend (or the next candidate)."""
+        tried_now = set(tried)
+        while True:
+            options = [c for c in self._candidates(frozenset(tried_now)) if c not in tried_now]
+            if not options:
+                return False
+            backend_id = options[0]
+            tried_now.add(backend_id)
+            existing = bridge.upstreams.get(backend_id)
+            if existing is not None and not existing.ws.closed:
+                bridge.primary = backend_id
+                return True
+            try:
+                await asyncio.wait_for(
+                    self._open_upstream(bridge, backend_id), self._settings().connect_timeout
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                log.info("ws upstream unavailable", server=backend_id, error=str(exc))
+                continue
+            bridge.primary = backend_id
+            return True
+
+    # -- relay loops ----------------------------------------------------------------------
+
+    async def _run(self, bridge: ClientBridge) -> None:
+        up = spawn(self._pump_up(bridge), name=f"ws-up-{bridge.client_id}")
+        keeper = spawn(self._keep_primary(bridge), name=f"ws-keep-{bridge.client_id}")
+        try:
+            await asyncio.wait({up, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait(up, keeper)
+            if not bridge.client.closed:
+                with contextlib.suppress(Exception):
+                    await bridge.client.close()
+
+    async def _pump_up(self, bridge: ClientBridge) -> None:
+        """Relay client → primary upstream until the client goes."""
+        async for msg in bridge.client:
+            if msg.type == WSMsgType.TEXT:
+                text = msg.data
+                if not bridge.first_client_text_seen:
+                    bridge.first_client_text_seen = True
+                    if _is_feature_flags(text):
+                        bridge.feature_flags = text
+                await self._send_primary(bridge, text, binary=False)
+            elif msg.type == WSMsgType.BINARY:
+                await self._send_primary(bridge, msg.data, binary=True)
+            elif msg.type == WSMsgType.ERROR:
+                break
+
+    async def _send_primary(self, bridge: ClientBridge, data: str | bytes, *, binary: bool) -> None:
+        upstream = bridge.upstreams.get(bridge.primary or "")
+        if upstream is None or upstream.ws.closed:
+            return  # between backends: ComfyUI ignores client messages anyway (§3.1)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            if binary:
+                await upstream.ws.send_bytes(data)  # type: ignore[arg-type]
+            else:
+                await upstream.ws.send_str(data)  # type: ignore[arg-type]
+            self._observer.ws_relayed("to_upstream", upstream.backend_id, binary, len(data))
+
+    async def _pump_down(self, bridge: ClientBridge, upstream: _Upstream) -> None:
+        """Relay one upstream → client until that upstream closes."""
+        client = bridge.client
+        backend_id = upstream.backend_id
+        try:
+            await bridge.ready.wait()
+            async for msg in upstream.ws:
+                if msg.type == WSMsgType.TEXT:
+                    text = self._downstream_text(bridge, upstream, msg.data)
+                    if text is None:
+                        continue
+                    if client.closed:
+                        break
+                    await client.send_str(text)
+                    self._observer.ws_relayed("to_client", backend_id, False, len(text))
+                elif msg.type == WSMsgType.BINARY:
+                    if client.closed:
+                        break
+                    await client.send_bytes(msg.data)
+                    self._observer.ws_relayed("to_client", backend_id, True, len(msg.data))
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self._observer.ws_closed("upstream", backend_id)
+            if not upstream.closed_by_us:
+                if not client.closed:
+                    self._observer.upstream_failed(backend_id, "reset", "websocket closed")
+                if bridge.upstreams.get(backend_id) is upstream:
+                    del bridge.upstreams[backend_id]
+                if backend_id == bridge.primary:
+                    bridge.primary_lost.set()
+
+    def _downstream_text(self, bridge: ClientBridge, upstream: _Upstream, text: str) -> str | None:
+        """Return the text to pass to the client (maybe rewritten by hooks), or None to drop."""
+        parsed = _parse(text)
+        if parsed is None:
+            return text
+        kind = parsed.get("type")
+        if kind == "feature_flags" and upstream.swallow_flags_reply:
+            upstream.swallow_flags_reply = False
+            return None
+        if kind == "status" and upstream.backend_id != bridge.primary:
+            return None
+        rewritten = False
+        for hook in self.message_hooks:
+            replacement = hook(bridge.client_id, upstream.backend_id, parsed)
+            if replacement is not None:
+                parsed, rewritten = replacement, True
+        return json.dumps(parsed) if rewritten else text
+
+    async def _keep_primary(self, bridge: ClientBridge) -> None:
+        """Re-attach the primary socket whenever it is lost or the serving backend moves."""
+        while not bridge.client.closed and not bridge.superseded:
+            await bridge.primary_lost.wait()
+            bridge.primary_lost.clear()
+            if bridge.superseded:
+                return
+            async with bridge.lock:
+                await self._reconcile_primary(bridge)
+            detached = bridge.primary is None or bridge.primary not in bridge.upstreams
+            # Nothing to attach to: wait for a backend to come back, bounded.
+            if detached and not await self._wait_for_backend(bridge):
+                await bridge.client.close(
+                    code=WSCloseCode.INTERNAL_ERROR,
+                    message=b"no ComfyUI backend available",
+                )
+                return
+
+    async def _reconcile_primary(self, bridge: ClientBridge) -> None:
+        serving = self._serving_id()
+        current = bridge.primary
+        alive = current is not None and current in bridge.upstreams
+        if alive and current == serving:
+            return
+        old = bridge.upstreams.get(current or "")
+        if await self._attach_primary(bridge, frozenset()):
+            if (
+                old is not None
+                and current != bridge.primary
+                and not self.keep_secondary(bridge.client_id, old.backend_id)
+            ):
+                bridge.upstreams.pop(old.backend_id, None)
+                await self._close_upstream(old)
+        else:
+            bridge.primary = None
+
+    async def _wait_for_backend(self, bridge: ClientBridge) -> bool:
+        deadline = asyncio.get_running_loop().time() + self._settings().reattach_timeout
+        while not bridge.client.closed and not bridge.superseded:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, 1.0)), self._serving_changed:
+                    await self._serving_changed.wait()
+            async with bridge.lock:
+                await self._reconcile_primary(bridge)
+            if bridge.primary is not None and bridge.primary in bridge.upstreams:
+                return True
+        return True
+
+    async def _close_upstream(self, upstream: _Upstream) -> None:
+        upstream.closed_by_us = True
+        with contextlib.suppress(Exception):
+            await upstream.ws.close()
+        await cancel_and_wait(upstream.reader)
+
+    async def _close_upstreams(self, bridge: ClientBridge) -> None:
+        for upstream in list(bridge.upstreams.values()):
+            await self._close_upstream(upstream)
+        bridge.upstreams.clear()
+
+
+def _is_feature_flags(text: str) -> bool:
+    parsed = _parse(text)
+    return parsed is not None and parsed.get("type") == "feature_flags"
+
+
+def _parse(text: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
