@@ -72,7 +72,7 @@ class EventBus:
         self._history: list[Event] = []
         self._history_size = history
 
-    def publish(self, kind: str, **data: Any) -> Event:
+    def publish(self, kind: str, /, **data: Any) -> Event:
         """Publish an event to everyone; never blocks, never raises from a listener."""
         event = Event(kind=kind, data=data, id=next(self._ids))
         self._history.append(event)
