@@ -16,6 +16,10 @@ from aiohttp import web
 
 from gateway.config.models import GatewayConfig
 from gateway.events import Event, EventBus
+from gateway.jobs.comfy import ComfyRouter
+from gateway.jobs.recovery import JobRecovery
+from gateway.jobs.tracker import JobTracker
+from gateway.jobs.uploads import UploadCache
 from gateway.keys import BACKENDS, EVENTS, FORWARDER, OBSERVERS, REGISTRY
 from gateway.proxy.handler import make_proxy_handler
 from gateway.proxy.http import HttpForwarder, PickBackend
@@ -23,10 +27,12 @@ from gateway.proxy.observer import ObserverChain
 from gateway.proxy.origin import origin_middleware
 from gateway.proxy.upstream import Backend, BackendPool
 from gateway.proxy.websocket import WsRelay, WsSettings
-from gateway.registry import ServerRegistry
+from gateway.registry import ServerRegistry, ServerState
 from gateway.tasks import spawn
 
 WS_RELAY: web.AppKey[WsRelay] = web.AppKey("ws_relay", WsRelay)
+JOBS: web.AppKey[ComfyRouter] = web.AppKey("jobs", ComfyRouter)
+RECOVERY: web.AppKey[JobRecovery] = web.AppKey("recovery", JobRecovery)
 CONFIG_PATH: web.AppKey[Path | None] = web.AppKey("config_path")
 
 
@@ -36,6 +42,15 @@ def candidates(registry: ServerRegistry, tried: frozenset[str]) -> list[str]:
     if registry.config.failover.auto_switch:
         order += [s.id for s in registry.healthy_servers() if s.id not in order]
     return [s for s in order if s not in tried]
+
+
+def reachable(registry: ServerRegistry) -> list[str]:
+    """Return the enabled servers not known to be down (asked when answers are merged)."""
+    return [
+        s.id
+        for s in registry.servers
+        if s.enabled and registry.status(s.id).state is not ServerState.DOWN
+    ]
 
 
 def make_picker(registry: ServerRegistry, pool: BackendPool) -> PickBackend:
@@ -83,6 +98,27 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
         ),
     )
 
+    tracker = JobTracker(config.jobs.affinity_max_entries, config.jobs.affinity_ttl)
+    uploads = UploadCache(config.jobs.upload_cache_bytes)
+    router = ComfyRouter(
+        pool=pool,
+        forwarder=forwarder,
+        relay=relay,
+        tracker=tracker,
+        uploads=uploads,
+        events=events,
+        candidates=lambda tried: candidates(registry, tried),
+        reachable=lambda: reachable(registry),
+        max_body_size=lambda: proxy_settings().max_body_size,
+    )
+    relay.message_hooks.append(router.on_ws_message)
+    relay.keep_secondary = lambda client_id, server_id: any(
+        r.client_id == client_id for r in tracker.unfinished_on(server_id)
+    )
+    recovery = JobRecovery(
+        registry=registry, router=router, settings=lambda: registry.config.failover
+    )
+
     app = web.Application(
         middlewares=[
             origin_middleware(
@@ -99,6 +135,8 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
     app[FORWARDER] = forwarder
     app[WS_RELAY] = relay
     app[CONFIG_PATH] = config_path
+    app[JOBS] = router
+    app[RECOVERY] = recovery
 
     def on_event(event: Event) -> None:
         if event.kind == "serving.changed":
@@ -113,14 +151,18 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
     async def close_websockets(app: web.Application) -> None:
         await relay.close_all()
 
-    app.cleanup_ctx.append(close_backends)
+    async def close_uploads(app: web.Application) -> AsyncIterator[None]:
+        yield
+        uploads.close()
+
+    app.cleanup_ctx.extend([close_backends, close_uploads, recovery.context])
     app.on_shutdown.append(close_websockets)
 
     proxy = make_proxy_handler(
         forwarder=forwarder,
         relay=relay,
         pick_serving=lambda: make_picker(registry, pool),
-        comfy_hook=lambda: None,
+        comfy_hook=lambda: router,
     )
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app

@@ -71,7 +71,7 @@ class HttpForwarder:
         max_body_size: Callable[[], int],
         trust_forwarded: Callable[[], bool],
     ) -> None:
-        self._observer = observer
+        self.observer = observer
         self._max_body_size = max_body_size
         self._trust_forwarded = trust_forwarded
 
@@ -119,7 +119,7 @@ class HttpForwarder:
             try:
                 return await self._exchange(request, backend, raw, body, limit, group, started)
             except aiohttp.ClientConnectorError as exc:
-                self._observer.upstream_failed(backend.id, "connect", str(exc))
+                self.observer.upstream_failed(backend.id, "connect", str(exc))
                 failure = error_response(
                     502,
                     "upstream_unreachable",
@@ -140,7 +140,7 @@ class HttpForwarder:
                     ),
                 )
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                self._observer.upstream_failed(backend.id, "timeout", repr(exc))
+                self.observer.upstream_failed(backend.id, "timeout", repr(exc))
                 return self._finish(
                     request,
                     backend.id,
@@ -158,7 +158,7 @@ class HttpForwarder:
                 aiohttp.ClientOSError,
                 aiohttp.ClientPayloadError,
             ) as exc:
-                self._observer.upstream_failed(backend.id, "reset", repr(exc))
+                self.observer.upstream_failed(backend.id, "reset", repr(exc))
                 return self._finish(
                     request,
                     backend.id,
@@ -220,9 +220,9 @@ class HttpForwarder:
     ) -> web.StreamResponse:
         status = upstream.status
         if status >= 500:
-            self._observer.upstream_failed(backend.id, "status_5xx", str(status))
+            self.observer.upstream_failed(backend.id, "status_5xx", str(status))
         else:
-            self._observer.upstream_succeeded(backend.id)
+            self.observer.upstream_succeeded(backend.id)
         headers = client_response_headers(upstream.headers)
         length = upstream.content_length
         if request.method == "HEAD" or status in (204, 304) or status < 200:
@@ -256,7 +256,7 @@ class HttpForwarder:
         if sent is None:
             body = getattr(response, "body", None)
             sent = len(body) if isinstance(body, bytes | bytearray) else 0
-        self._observer.request_finished(
+        self.observer.request_finished(
             backend,
             request.method,
             group,

@@ -1,0 +1,70 @@
+"""Shared fixtures: simulated ComfyUI backends and gateways on 127.0.0.1 ephemeral ports."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.config.models import GatewayConfig
+
+# Health settings that make state changes happen within tens of milliseconds in tests.
+FAST_HEALTH = {
+    "interval": 0.05,
+    "fast_interval": 0.02,
+    "down_interval": 0.05,
+    "timeout": 0.5,
+    "jitter": 0.0,
+    "rise": 1,
+    "fall": 1,
+}
+
+
+def gateway_config(urls: list[str], **overrides: Any) -> GatewayConfig:
+    """Return a config with one server per URL (ids b0, b1, ...), fast health checks."""
+    data: dict[str, Any] = {
+        "servers": [
+            {"id": f"b{i}", "name": f"Backend {i}", "url": url, "priority": i * 10}
+            for i, url in enumerate(urls)
+        ],
+        "health": dict(FAST_HEALTH),
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return GatewayConfig.model_validate(data)
+
+
+def server_url(server: TestServer) -> str:
+    """Return the base URL of a test server."""
+    return f"http://127.0.0.1:{server.port}"
+
+
+MakeGateway = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+def make_gateway(aiohttp_client: Any) -> MakeGateway:
+    """Return a factory: ``await make_gateway([backend_urls], **config_overrides)``."""
+
+    async def make(urls: list[str], **overrides: Any) -> TestClient:
+        app = create_app(gateway_config(urls, **overrides))
+        return await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
+
+    return make
+
+
+@pytest.fixture
+def start_app(aiohttp_server: Any) -> Callable[[web.Application], Awaitable[TestServer]]:
+    """Return a factory that serves an aiohttp app on 127.0.0.1."""
+
+    async def start(app: web.Application) -> TestServer:
+        return await aiohttp_server(app, host="127.0.0.1")
+
+    return start
