@@ -27,7 +27,7 @@ def echo_app(gate: asyncio.Event | None = None, chunk_seen: asyncio.Event | None
                 "raw_path": request.raw_path,
                 "method": request.method,
                 "length": len(body),
-                "headers": {k: v for k, v in request.headers.items()},
+                "headers": dict(request.headers.items()),
                 "header_lists": {k: request.headers.getall(k) for k in request.headers},
             }
         )
