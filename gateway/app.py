@@ -10,38 +10,50 @@ Route table, in match order:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
 from gateway.config.models import GatewayConfig
+from gateway.config.store import ConfigStore
 from gateway.events import Event, EventBus
+from gateway.health.checker import (
+    FailoverController,
+    HealthChecker,
+    PassiveHealth,
+    health_cleanup_ctx,
+)
 from gateway.jobs.comfy import ComfyRouter
 from gateway.jobs.recovery import JobRecovery
 from gateway.jobs.tracker import JobTracker
 from gateway.jobs.uploads import UploadCache
 from gateway.keys import BACKENDS, EVENTS, FORWARDER, OBSERVERS, REGISTRY
+from gateway.observability.logging import attach_event_logging
+from gateway.observability.metrics import GatewayMetrics, metrics_handler
+from gateway.observability.middleware import install_request_context
 from gateway.proxy.handler import make_proxy_handler
-from gateway.proxy.http import HttpForwarder, PickBackend
+from gateway.proxy.http import HttpForwarder
 from gateway.proxy.observer import ObserverChain
 from gateway.proxy.origin import origin_middleware
-from gateway.proxy.upstream import Backend, BackendPool
+from gateway.proxy.upstream import BackendPool
 from gateway.proxy.websocket import WsRelay, WsSettings
 from gateway.registry import ServerRegistry, ServerState
+from gateway.routing.select import candidates, make_picker
 from gateway.tasks import spawn
 
 WS_RELAY: web.AppKey[WsRelay] = web.AppKey("ws_relay", WsRelay)
+HEALTH: web.AppKey[HealthChecker] = web.AppKey("health", HealthChecker)
+FAILOVER: web.AppKey[FailoverController] = web.AppKey("failover", FailoverController)
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 JOBS: web.AppKey[ComfyRouter] = web.AppKey("jobs", ComfyRouter)
 RECOVERY: web.AppKey[JobRecovery] = web.AppKey("recovery", JobRecovery)
-CONFIG_PATH: web.AppKey[Path | None] = web.AppKey("config_path")
+STORE: web.AppKey[ConfigStore] = web.AppKey("store", ConfigStore)
 
 
-def candidates(registry: ServerRegistry, tried: frozenset[str]) -> list[str]:
-    """Return the backends to try for a request, serving first (see gateway.routing)."""
-    order = [registry.serving_id] if registry.serving_id else []
-    if registry.config.failover.auto_switch:
-        order += [s.id for s in registry.healthy_servers() if s.id not in order]
-    return [s for s in order if s not in tried]
+def all_down(registry: ServerRegistry) -> bool:
+    """Return True when health checks found every enabled server down."""
+    return all(
+        registry.status(s.id).state is ServerState.DOWN for s in registry.servers if s.enabled
+    )
 
 
 def reachable(registry: ServerRegistry) -> list[str]:
@@ -53,26 +65,20 @@ def reachable(registry: ServerRegistry) -> list[str]:
     ]
 
 
-def make_picker(registry: ServerRegistry, pool: BackendPool) -> PickBackend:
-    """Return a picker that walks :func:`candidates` for one request."""
-
-    def pick(tried: frozenset[str]) -> Backend | None:
-        for server_id in candidates(registry, tried):
-            if server_id not in tried and (backend := pool.get(server_id)) is not None:
-                return backend
-        return None
-
-    return pick
-
-
 def apply_config(app: web.Application, config: GatewayConfig, reason: str) -> None:
     """Put a new (validated, saved) configuration into force."""
     app[BACKENDS].sync(config)
     app[REGISTRY].apply_config(config, reason=reason)
 
 
-def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web.Application:
-    """Build the gateway application for ``config`` (loaded from ``config_path`` if any)."""
+def create_app(
+    config: GatewayConfig, *, store: ConfigStore | None = None, watch_config: bool = True
+) -> web.Application:
+    """Build the gateway for ``config``; ``store`` keeps it in step with its file.
+
+    Without a store the configuration lives in memory only (admin changes are not saved).
+    """
+    store = store or ConfigStore(None, config)
     events = EventBus()
     registry = ServerRegistry(config, events)
     pool = BackendPool(config)
@@ -85,6 +91,7 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
         observers,
         max_body_size=lambda: proxy_settings().max_body_size,
         trust_forwarded=lambda: proxy_settings().trust_forwarded_headers,
+        all_down=lambda: all_down(registry),
     )
     relay = WsRelay(
         backend_for=pool.get,
@@ -134,9 +141,22 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
     app[OBSERVERS] = observers
     app[FORWARDER] = forwarder
     app[WS_RELAY] = relay
-    app[CONFIG_PATH] = config_path
+    app[STORE] = store
+    store.on_change(lambda new, reason: apply_config(app, new, reason))
     app[JOBS] = router
     app[RECOVERY] = recovery
+
+    checker = HealthChecker(registry, pool)
+    controller = FailoverController(registry, busy=tracker.busy)
+    observers.add(PassiveHealth(checker))
+    metrics = GatewayMetrics(servers=registry)
+    metrics.attach_events(events)
+    observers.add(metrics.observer)
+    attach_event_logging(events)
+    install_request_context(app)
+    app[HEALTH] = checker
+    app[FAILOVER] = controller
+    app[METRICS] = metrics
 
     def on_event(event: Event) -> None:
         if event.kind == "serving.changed":
@@ -151,11 +171,27 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
     async def close_websockets(app: web.Application) -> None:
         await relay.close_all()
 
+    async def watch_config_file(app: web.Application) -> AsyncIterator[None]:
+        if store.path is None or not watch_config:
+            yield
+            return
+        store.install_sighup()
+        async with store.watch():
+            yield
+
     async def close_uploads(app: web.Application) -> AsyncIterator[None]:
         yield
         uploads.close()
 
-    app.cleanup_ctx.extend([close_backends, close_uploads, recovery.context])
+    app.cleanup_ctx.extend(
+        [
+            close_backends,
+            close_uploads,
+            health_cleanup_ctx(checker, controller),
+            recovery.context,
+            watch_config_file,
+        ]
+    )
     app.on_shutdown.append(close_websockets)
 
     proxy = make_proxy_handler(
@@ -164,8 +200,9 @@ def create_app(config: GatewayConfig, *, config_path: Path | None = None) -> web
         pick_serving=lambda: make_picker(registry, pool),
         comfy_hook=lambda: router,
     )
+    app.router.add_get("/metrics", metrics_handler(metrics))
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 
 
-__all__ = ["CONFIG_PATH", "WS_RELAY", "EventBus", "apply_config", "create_app"]
+__all__ = ["STORE", "WS_RELAY", "EventBus", "apply_config", "create_app"]

@@ -14,12 +14,16 @@ import ipaddress
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from gateway import __version__
 from gateway.config.models import GatewayConfig, default_config
+
+if TYPE_CHECKING:
+    from gateway.config.store import ConfigStore
 
 ENV_CONFIG = "COMFYUI_GATEWAY_CONFIG"
 log = structlog.get_logger("gateway.cli")
@@ -101,7 +105,7 @@ def check_config(path: Path) -> int:
     from gateway.config.loader import ConfigError, load_config
 
     try:
-        loaded = load_config(path)
+        loaded = load_config(path, migrate=False)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
@@ -129,9 +133,21 @@ def migrate(path: Path) -> int:
     return 0
 
 
-def resolve_config(path: Path | None) -> tuple[GatewayConfig, Path | None]:
-    """Load the configuration from ``path``, ``$COMFYUI_GATEWAY_CONFIG`` or the default."""
+def open_store(path: Path | None, host: str | None, port: int | None) -> ConfigStore:
+    """Load the configuration from ``path``, ``$COMFYUI_GATEWAY_CONFIG`` or the default.
+
+    ``--host``/``--port`` override the file for this run only: they are applied like the
+    environment overrides, so an admin change never writes them into the file.
+    """
     from gateway.config.loader import apply_env_overrides, load_config
+    from gateway.config.store import ConfigStore
+
+    def overrides(config: GatewayConfig) -> GatewayConfig:
+        config = apply_env_overrides(config)
+        flags = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+        if not flags:
+            return config
+        return config.model_copy(update={"listen": config.listen.model_copy(update=flags)})
 
     if path is None and os.environ.get(ENV_CONFIG):
         path = Path(os.environ[ENV_CONFIG])
@@ -141,8 +157,15 @@ def resolve_config(path: Path | None) -> tuple[GatewayConfig, Path | None]:
             server="http://127.0.0.1:8188",
             hint=f"use --config or ${ENV_CONFIG}",
         )
-        return apply_env_overrides(default_config()), None
-    return load_config(path).config, path
+        return ConfigStore(None, overrides(default_config()), overrides=overrides)
+    loaded = load_config(path)
+    return ConfigStore(
+        loaded.path,
+        overrides(loaded.file_config),
+        file_config=loaded.file_config,
+        digest=loaded.digest,
+        overrides=overrides,
+    )
 
 
 def run(path: Path | None, host: str | None, port: int | None) -> int:
@@ -150,28 +173,28 @@ def run(path: Path | None, host: str | None, port: int | None) -> int:
     from gateway.config.loader import ConfigError
 
     try:
-        config, path = resolve_config(path)
+        store = open_store(path, host, port)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    listen = config.listen.model_copy(
-        update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    )
-    config = config.model_copy(update={"listen": listen})
+    config = store.config
+    listen = config.listen
     problem = remote_admin_problem(config)
     if problem:
         print(problem, file=sys.stderr)
         return 2
     from gateway.app import create_app
+    from gateway.observability.access_log import AccessLogger
+    from gateway.observability.logging import log_banner
 
     _install_uvloop()
-    app = create_app(config, config_path=path)
+    app = create_app(config, store=store)
     log.info(
         "gateway starting",
         listen=f"http://{listen.host}:{listen.port}",
         servers=[s.id for s in config.servers],
         active=config.preferred_id,
-        config=str(path) if path else "built-in default",
+        config=str(store.path) if store.path else "built-in default",
     )
     web.run_app(
         app,
@@ -179,8 +202,8 @@ def run(path: Path | None, host: str | None, port: int | None) -> int:
         port=listen.port,
         shutdown_timeout=10.0,
         handler_cancellation=True,
-        print=None,
-        access_log=None,
+        print=log_banner,
+        access_log_class=AccessLogger,
     )
     return 0
 

@@ -67,6 +67,8 @@ def stop_backend(process: subprocess.Popen[str]) -> None:
 def run_demo(host: str, port: int, job_duration: float) -> int:
     """Run the demo until interrupted; return the exit code."""
     from gateway.app import create_app
+    from gateway.observability.access_log import AccessLogger
+    from gateway.observability.logging import log_banner
 
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gateway-demo-")))
@@ -94,7 +96,8 @@ def run_demo(host: str, port: int, job_duration: float) -> int:
             create_app(config),
             host=host,
             port=port,
-            print=None,
+            print=log_banner,
+            access_log_class=AccessLogger,
             handler_cancellation=True,
             shutdown_timeout=5.0,
             access_log=None,

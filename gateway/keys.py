@@ -20,4 +20,6 @@ OBSERVERS: web.AppKey[ObserverChain] = web.AppKey("observers")
 FORWARDER: web.AppKey[HttpForwarder] = web.AppKey("forwarder")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+BACKEND_USED: web.RequestKey[str] = web.RequestKey("backend_used", str)
+"""The backend that answered a proxied request (set by the proxy, read by the access log)."""
 EXTRAS: web.AppKey[dict[str, Any]] = web.AppKey("extras")

@@ -68,3 +68,18 @@ def start_app(aiohttp_server: Any) -> Callable[[web.Application], Awaitable[Test
         return await aiohttp_server(app, host="127.0.0.1")
 
     return start
+
+
+async def wait_for_state(
+    registry: Any, predicate: Callable[[], bool], timeout: float = 10.0
+) -> None:
+    """Wait until ``predicate()`` holds, re-checking on every registry event (no polling)."""
+    import asyncio
+
+    subscription = registry.events.subscribe()
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await subscription.get()
+    finally:
+        subscription.close()

@@ -569,14 +569,7 @@ class HealthChecker:
         )
 
     def _transition(self, transition: Transition) -> None:
-        level = log.warning if transition.new is ServerState.DOWN else log.info
-        level(
-            "server state",
-            server=transition.server,
-            state=transition.new.value,
-            previous=transition.old.value,
-            reason=transition.reason,
-        )
+        # Logged once, from the event (gateway.observability.logging.attach_event_logging).
         self._registry.set_state(transition.server, transition.new, reason=transition.reason)
 
     def _publish_checked(

@@ -23,13 +23,10 @@ import logging
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from gateway.keys import REQUEST_ID
+from gateway.keys import BACKEND_USED, REQUEST_ID
 from gateway.observability.logging import ACCESS_LOGGER_NAME, log_direct
 
 __all__ = ["BACKEND_USED", "AccessLogger"]
-
-BACKEND_USED: web.RequestKey[str] = web.RequestKey("backend_used", str)
-"""Id of the backend that answered the request; set by the proxy, read by the access log."""
 
 
 class AccessLogger(AbstractAccessLogger):

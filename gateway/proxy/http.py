@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.keys import REQUEST_ID
+from gateway.keys import BACKEND_USED, REQUEST_ID
 from gateway.proxy.headers import client_response_headers, upstream_request_headers
 from gateway.proxy.observer import TrafficObserver, route_group
 from gateway.proxy.upstream import Backend
@@ -70,8 +70,10 @@ class HttpForwarder:
         *,
         max_body_size: Callable[[], int],
         trust_forwarded: Callable[[], bool],
+        all_down: Callable[[], bool] = lambda: False,
     ) -> None:
         self.observer = observer
+        self._all_down = all_down
         self._max_body_size = max_body_size
         self._trust_forwarded = trust_forwarded
 
@@ -113,6 +115,8 @@ class HttpForwarder:
                 ),
             )
         tried: set[str] = set()
+        backend_id: str | None = None
+        failure_cause = ""
         raw = path_qs if path_qs is not None else request.raw_path
         while (backend := pick(frozenset(tried))) is not None:
             tried.add(backend.id)
@@ -120,6 +124,7 @@ class HttpForwarder:
                 return await self._exchange(request, backend, raw, body, limit, group, started)
             except aiohttp.ClientConnectorError as exc:
                 self.observer.upstream_failed(backend.id, "connect", str(exc))
+                backend_id, failure_cause = backend.id, str(exc.os_error or exc)
                 failure = error_response(
                     502,
                     "upstream_unreachable",
@@ -172,7 +177,17 @@ class HttpForwarder:
                     ),
                 )
         if tried:
-            return self._finish(request, None, group, started, failure)
+            if self._all_down():
+                # Health checks already know: say so plainly rather than blame one backend.
+                failure = error_response(
+                    503,
+                    "no_backend_available",
+                    "every ComfyUI backend is down; the gateway will use the first one that "
+                    "comes back",
+                    last_backend=backend_id,
+                    cause=failure_cause,
+                )
+            return self._finish(request, backend_id, group, started, failure)
         return self._finish(
             request,
             None,
@@ -253,6 +268,8 @@ class HttpForwarder:
         response: web.StreamResponse,
         sent: int | None = None,
     ) -> web.StreamResponse:
+        if backend is not None:
+            request[BACKEND_USED] = backend
         if sent is None:
             body = getattr(response, "body", None)
             sent = len(body) if isinstance(body, bytes | bytearray) else 0

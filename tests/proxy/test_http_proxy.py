@@ -11,7 +11,9 @@ import pytest
 from aiohttp import web
 from yarl import URL
 
-from tests.conftest import server_url
+from gateway.keys import REGISTRY
+from gateway.registry import ServerState
+from tests.conftest import server_url, wait_for_state
 
 MB = 1024 * 1024
 
@@ -160,14 +162,30 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-async def test_backend_down_answers_502_json_naming_backend(make_gateway):
-    gw = await make_gateway([f"http://127.0.0.1:{_closed_port()}"])
+async def test_refused_connection_answers_502_json_naming_backend(start_app, make_gateway):
+    backend = await start_app(echo_app())
+    # Slow checks: the refusal is seen by the request before the health checker notices it.
+    gw = await make_gateway([server_url(backend)], health={"interval": 60, "down_interval": 60})
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.is_up("b0"))
+    await backend.close()
     resp = await gw.get("/system_stats")
     assert resp.status == 502
     error = (await resp.json())["error"]
     assert error["type"] == "upstream_unreachable"
     assert error["backend"] == "b0"
     assert "connect" in error["message"]
+
+
+async def test_every_backend_down_answers_503_json(make_gateway):
+    gw = await make_gateway([f"http://127.0.0.1:{_closed_port()}"])
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.status("b0").state is ServerState.DOWN)
+    resp = await gw.get("/system_stats")
+    assert resp.status == 503
+    error = (await resp.json())["error"]
+    assert error["type"] == "no_backend_available"
+    assert "down" in error["message"]
 
 
 async def test_backend_timeout_answers_504_json(start_app, make_gateway):
