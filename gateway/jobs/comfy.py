@@ -156,7 +156,12 @@ class ComfyRouter:
             kwargs["data"] = json.dumps(json_body).encode()
             headers["Content-Type"] = "application/json"
         elif data is not None:
-            kwargs["data"] = data
+            # The pooled sessions skip automatic Content-Type (the proxy copies the client's),
+            # so a generated body must state its own (multipart boundary included).
+            payload = data() if isinstance(data, aiohttp.FormData) else data
+            if isinstance(payload, aiohttp.payload.Payload) and payload.content_type:
+                headers["Content-Type"] = payload.content_type
+            kwargs["data"] = payload
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         try:
