@@ -32,7 +32,7 @@ async def two_backends(start_app) -> list[TestServer]:
 async def run_canonical_flow(
     gw: TestClient, prefix: str = "", ws_path: str = "/ws", feature_flags: bool = False
 ) -> tuple[str, list[dict[str, Any]], list[bytes], dict[str, Any]]:
-    """The flow of ComfyUI's websockets_api_example.py; return prompt id, messages, frames, history."""
+    """Run websockets_api_example.py's flow; return prompt id, messages, frames, history."""
     client_id = str(uuid.uuid4())
     messages: list[dict[str, Any]] = []
     frames: list[bytes] = []
@@ -79,10 +79,12 @@ async def test_canonical_client_flow(two_backends, make_gateway, prefix, ws_path
     gw = await make_gateway([server_url(b) for b in two_backends])
     prompt_id, messages, frames, history = await run_canonical_flow(gw, prefix, ws_path)
     kinds = [m["type"] for m in messages]
-    assert kinds[0] == "status" and "sid" in messages[0]["data"]
+    assert kinds[0] == "status"
+    assert "sid" in messages[0]["data"]
     for expected in ("execution_start", "executing", "progress", "executed", "execution_success"):
         assert expected in kinds
-    assert frames and parse_binary_frame(frames[0])[0] == 1  # PREVIEW_IMAGE without negotiation
+    assert frames
+    assert parse_binary_frame(frames[0])[0] == 1
     images = history[prompt_id]["outputs"]["3"]["images"]
     assert images[0]["subfolder"].startswith("_gw_b0")  # tagged with its backend
     ref = images[0]
