@@ -44,7 +44,7 @@ from gateway.jobs.tracker import JobTracker, PromptState
 from gateway.jobs.uploads import CachedUpload, SpooledFile, UploadCache
 from gateway.proxy.http import HttpForwarder, error_response
 from gateway.proxy.upstream import Backend, BackendPool
-from gateway.proxy.websocket import WsRelay
+from gateway.proxy.websocket import DROP, WsRelay
 
 log = structlog.get_logger("gateway.jobs")
 
@@ -654,7 +654,16 @@ class ComfyRouter:
     def on_ws_message(
         self, client_id: str, backend_id: str, message: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """Track prompt progress from a relayed event; tag output references in it."""
+        """Track prompt progress from a relayed event; tag output references in it.
+
+        Events of a stale copy (a prompt the gateway moved to another backend) are dropped, so
+        a client never hears about one prompt twice.
+        """
+        data = message.get("data")
+        if isinstance(data, dict) and isinstance(data.get("prompt_id"), str):
+            owner = self.tracker.owner(data["prompt_id"])
+            if owner is not None and owner != backend_id:
+                return DROP
         finished = self.tracker.observe_event(backend_id, message)
         if finished is not None:
             self.events.publish("prompt.completed", prompt_id=finished.prompt_id, server=backend_id)

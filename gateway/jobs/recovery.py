@@ -124,6 +124,7 @@ class JobRecovery:
         answer = await self.router.submit(dict(record.body), exclude=frozenset({record.backend}))
         if answer.status == 200:
             self._orphaned_since.pop(record.prompt_id, None)
+            self._release_old_socket(record)
             log.warning(
                 "prompt re-submitted after failover",
                 prompt_id=record.prompt_id,
@@ -137,6 +138,14 @@ class JobRecovery:
             await self.lose(
                 record, f"no backend could take the prompt within {self.give_up_after:.0f} s"
             )
+
+    def _release_old_socket(self, record: PromptRecord) -> None:
+        """Close the client's socket on the backend the prompt left, if nothing else runs there."""
+        if not record.client_id or not record.previous_backends:
+            return
+        old = record.previous_backends[-1]
+        if not any(r.client_id == record.client_id for r in self.tracker.unfinished_on(old)):
+            self.router.relay.release_upstream(record.client_id, old)
 
     async def lose(self, record: PromptRecord, reason: str) -> None:
         """Give a prompt up and tell its client, so it never waits on silence."""

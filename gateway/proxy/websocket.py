@@ -52,7 +52,10 @@ log = structlog.get_logger("gateway.ws")
 
 WsMessageHook = Callable[[str, str, dict[str, Any]], dict[str, Any] | None]
 """Called with (client_id, backend_id, parsed JSON message) for every downstream text message;
-returns a replacement message, or None to pass it unchanged."""
+returns a replacement message, None to pass it unchanged, or :data:`DROP` to drop it."""
+
+DROP: dict[str, Any] = {}
+"""Returned by a message hook to drop a message (compared by identity)."""
 
 
 @dataclass
@@ -160,6 +163,18 @@ class WsRelay:
                 )
                 return False
         return True
+
+    def release_upstream(self, client_id: str, backend_id: str) -> None:
+        """Close a client's socket on a backend it no longer needs (never the primary).
+
+        The close runs in the background: a frozen backend would hold the close handshake.
+        """
+        bridge = self._bridges.get(client_id)
+        if bridge is None or backend_id == bridge.primary:
+            return
+        upstream = bridge.upstreams.pop(backend_id, None)
+        if upstream is not None:
+            spawn(self._close_upstream(upstream), name=f"ws-release-{client_id}-{backend_id}")
 
     async def send_to_client(self, client_id: str, message: dict[str, Any]) -> bool:
         """Send a JSON message to a client's socket; return False when it is not connected."""
@@ -391,6 +406,8 @@ class WsRelay:
         rewritten = False
         for hook in self.message_hooks:
             replacement = hook(bridge.client_id, upstream.backend_id, parsed)
+            if replacement is DROP:
+                return None
             if replacement is not None:
                 parsed, rewritten = replacement, True
         return json.dumps(parsed) if rewritten else text

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from gateway.app import JOBS
@@ -126,3 +128,71 @@ async def test_upload_before_failover_is_used_after_it(backend_process, make_gat
     assert resp.status == 200, await resp.text()
     prompt_id = (await resp.json())["prompt_id"]
     assert gw.app[JOBS].tracker.owner(prompt_id) == "b1"
+
+
+async def wait_event(registry, kind: str, timeout: float = 30) -> dict:
+    """Wait for the next event of ``kind`` on the registry's bus; return its data."""
+    subscription = registry.events.subscribe()
+    try:
+        async with asyncio.timeout(timeout):
+            while (event := await subscription.get()).kind != kind:
+                pass
+        return event.data
+    finally:
+        subscription.close()
+
+
+async def test_frozen_backend_copy_is_cancelled_when_it_thaws(
+    backend_process, make_gateway, comfy_client
+):
+    a = await backend_process("a", job_duration=4.0, steps=40)
+    b = await backend_process("b", job_duration=0.2)
+    gw = await make_gateway([a.url, b.url], health={"timeout": 0.3})
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.is_up("b0") and registry.is_up("b1"))
+    client = await comfy_client(gw)
+    prompt_id = await client.submit(example_prompt("frozen"))
+    await client.wait_for("execution_start", prompt_id)
+    a.freeze()
+    await client.wait_done(prompt_id)  # re-run on b, same client socket
+    assert gw.app[JOBS].tracker.owner(prompt_id) == "b1"
+    cancelled = asyncio.ensure_future(wait_event(registry, "prompt.copy_cancelled"))  # noqa: TID251
+    a.thaw()
+    assert (await cancelled)["prompt_id"] == prompt_id
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{a.url}/history/{prompt_id}") as resp:
+            entry = (await resp.json()).get(prompt_id)
+    # The stale copy never completed successfully on the thawed backend.
+    assert entry is None or entry["status"]["status_str"] == "error"
+    completions = [
+        m
+        for m in client.messages
+        if m["type"] == "execution_success" and m["data"]["prompt_id"] == prompt_id
+    ]
+    assert len(completions) == 1
+
+
+async def test_flapping_backend_does_not_ping_pong(start_app, make_gateway):
+    """A backend failing every other check never changes state with rise=fall=2."""
+    from gateway.testing import FAKE_STATE, FakeComfyOptions, create_fake_comfy_app
+
+    flappy = await start_app(create_fake_comfy_app(FakeComfyOptions(name="flappy")))
+    steady = await start_app(create_fake_comfy_app(FakeComfyOptions(name="steady")))
+    gw = await make_gateway(
+        [f"http://127.0.0.1:{flappy.port}", f"http://127.0.0.1:{steady.port}"],
+        health={"rise": 2, "fall": 2},
+    )
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.is_up("b0") and registry.is_up("b1"))
+    state = flappy.app[FAKE_STATE]
+    subscription = registry.events.subscribe()
+    results = []
+    async with asyncio.timeout(20):
+        while len(results) < 12:
+            event = await subscription.get()
+            assert event.kind not in ("server.state", "serving.changed"), event
+            if event.kind == "server.checked" and event.data["server"] == "b0":
+                results.append(event.data["ok"])
+                state.fail_status = None if state.fail_status else 500  # flip for the next one
+    assert results.count(False) >= 5
+    assert registry.serving_id == "b0"
