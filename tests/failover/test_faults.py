@@ -159,9 +159,11 @@ async def test_frozen_backend_copy_is_cancelled_when_it_thaws(
     cancelled = asyncio.ensure_future(wait_event(registry, "prompt.copy_cancelled"))  # noqa: TID251
     a.thaw()
     assert (await cancelled)["prompt_id"] == prompt_id
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{a.url}/history/{prompt_id}") as resp:
-            entry = (await resp.json()).get(prompt_id)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{a.url}/history/{prompt_id}") as resp,
+    ):
+        entry = (await resp.json()).get(prompt_id)
     # The stale copy never completed successfully on the thawed backend.
     assert entry is None or entry["status"]["status_str"] == "error"
     completions = [
