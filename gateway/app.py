@@ -98,6 +98,9 @@ def create_app(
         serving_id=lambda: registry.serving_id,
         candidates=lambda tried: candidates(registry, tried),
         observer=observers,
+        queue_length=lambda server_id: (
+            registry.status(server_id).queue_remaining if server_id in registry.statuses() else None
+        ),
         settings=lambda: WsSettings(
             max_msg_size=proxy_settings().ws_max_message_size,
             heartbeat=proxy_settings().ws_heartbeat,

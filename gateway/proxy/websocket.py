@@ -90,6 +90,8 @@ class ClientBridge:
     primary: str | None = None
     upstreams: dict[str, _Upstream] = field(default_factory=dict)
     superseded: bool = False
+    last_upstream_close: int | None = None
+    """Close code of the last upstream socket the backend closed (passed on when giving up)."""
     primary_lost: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     """Set once the client handshake is done: upstream readers wait for it before relaying."""
@@ -115,12 +117,14 @@ class WsRelay:
         candidates: Callable[[frozenset[str]], list[str]],
         observer: TrafficObserver,
         settings: Callable[[], WsSettings],
+        queue_length: Callable[[str], int | None] = lambda backend_id: None,
     ) -> None:
         self._backend_for = backend_for
         self._serving_id = serving_id
         self._candidates = candidates
         self._observer = observer
         self._settings = settings
+        self._queue_length = queue_length
         self._bridges: dict[str, ClientBridge] = {}
         self._all: set[ClientBridge] = set()
         self._serving_changed = asyncio.Condition()
@@ -250,7 +254,9 @@ class WsRelay:
         url = URL(bridge.request.raw_path, encoded=True)
         return str(url.update_query(clientId=bridge.client_id))
 
-    async def _open_upstream(self, bridge: ClientBridge, backend_id: str) -> _Upstream:
+    async def _open_upstream(
+        self, bridge: ClientBridge, backend_id: str, *, primary: bool = False
+    ) -> _Upstream:
         backend = self._backend_for(backend_id)
         if backend is None:
             raise UpstreamRefused(502, f"unknown backend {backend_id!r}")
@@ -290,6 +296,10 @@ class WsRelay:
             upstream.swallow_flags_reply = True
             await ws.send_str(bridge.feature_flags)
         bridge.upstreams[backend_id] = upstream
+        if primary:
+            # Before the reader starts: the backend's greeting `status` (the new queue) must
+            # pass to the client, and only the primary's status messages do.
+            bridge.primary = backend_id
         self._observer.ws_opened("upstream", backend_id)
         upstream.reader = spawn(
             self._pump_down(bridge, upstream), name=f"ws-down-{bridge.client_id}-{backend_id}"
@@ -307,17 +317,32 @@ class WsRelay:
             tried_now.add(backend_id)
             existing = bridge.upstreams.get(backend_id)
             if existing is not None and not existing.ws.closed:
+                # Promoted from secondary: its greeting was not passed on, so tell the client
+                # the queue of its new backend ourselves.
                 bridge.primary = backend_id
+                await self._send_status(bridge, backend_id)
                 return True
             try:
                 await asyncio.wait_for(
-                    self._open_upstream(bridge, backend_id), self._settings().connect_timeout
+                    self._open_upstream(bridge, backend_id, primary=True),
+                    self._settings().connect_timeout,
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.info("ws upstream unavailable", server=backend_id, error=str(exc))
                 continue
             bridge.primary = backend_id
             return True
+
+    async def _send_status(self, bridge: ClientBridge, backend_id: str) -> None:
+        queue = self._queue_length(backend_id)
+        message = {
+            "type": "status",
+            "data": {
+                "status": {"exec_info": {"queue_remaining": queue if queue is not None else 0}}
+            },
+        }
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await bridge.client.send_str(json.dumps(message))
 
     # -- relay loops ----------------------------------------------------------------------
 
@@ -385,6 +410,7 @@ class WsRelay:
         finally:
             self._observer.ws_closed("upstream", backend_id)
             if not upstream.closed_by_us:
+                bridge.last_upstream_close = upstream.ws.close_code
                 if not client.closed:
                     self._observer.upstream_failed(backend_id, "reset", "websocket closed")
                 if bridge.upstreams.get(backend_id) is upstream:
@@ -424,10 +450,10 @@ class WsRelay:
             detached = bridge.primary is None or bridge.primary not in bridge.upstreams
             # Nothing to attach to: wait for a backend to come back, bounded.
             if detached and not await self._wait_for_backend(bridge):
-                await bridge.client.close(
-                    code=WSCloseCode.INTERNAL_ERROR,
-                    message=b"no ComfyUI backend available",
-                )
+                code = bridge.last_upstream_close
+                if code is None or code < 1000 or code in (1005, 1006, 1015):
+                    code = WSCloseCode.INTERNAL_ERROR  # not sendable on the wire
+                await bridge.client.close(code=code, message=b"no ComfyUI backend available")
                 return
 
     async def _reconcile_primary(self, bridge: ClientBridge) -> None:

@@ -24,8 +24,12 @@ async def test_kill_active_backend_mid_prompt(backend_process, make_gateway, com
     prompt_id = await client.submit(example_prompt("kill"))
     await client.wait_for("execution_start", prompt_id)
     await a.kill()
+    seen_before_kill = len(client.messages)
     await client.wait_done(prompt_id)  # the same websocket, never reconnected
     assert not client.ws.closed
+    after = client.messages[seen_before_kill:]
+    assert any(m["type"] == "status" for m in after)  # the new backend's queue
+    assert any(m["type"] == "execution_start" for m in after)  # the re-run's events, same socket
     history = await (await gw.get(f"/history/{prompt_id}")).json()
     image = history[prompt_id]["outputs"]["3"]["images"][0]
     assert image["subfolder"].startswith("_gw_b1")
