@@ -410,13 +410,27 @@ class WsRelay:
         finally:
             self._observer.ws_closed("upstream", backend_id)
             if not upstream.closed_by_us:
-                bridge.last_upstream_close = upstream.ws.close_code
-                if not client.closed:
-                    self._observer.upstream_failed(backend_id, "reset", "websocket closed")
+                code = upstream.ws.close_code
+                bridge.last_upstream_close = code
                 if bridge.upstreams.get(backend_id) is upstream:
                     del bridge.upstreams[backend_id]
-                if backend_id == bridge.primary:
-                    bridge.primary_lost.set()
+                if backend_id == bridge.primary and is_deliberate_close(code):
+                    # The backend meant it (normal or application close): pass it on.
+                    spawn(
+                        self._close_client(bridge, code or WSCloseCode.OK),
+                        name=f"ws-close-{bridge.client_id}",
+                    )
+                else:
+                    if not client.closed:
+                        self._observer.upstream_failed(backend_id, "reset", "websocket closed")
+                    if backend_id == bridge.primary:
+                        bridge.primary_lost.set()
+
+    async def _close_client(self, bridge: ClientBridge, code: int) -> None:
+        bridge.superseded = True
+        bridge.primary_lost.set()
+        with contextlib.suppress(Exception):
+            await bridge.client.close(code=code, message=b"closed by the ComfyUI backend")
 
     def _downstream_text(self, bridge: ClientBridge, upstream: _Upstream, text: str) -> str | None:
         """Return the text to pass to the client (maybe rewritten by hooks), or None to drop."""
@@ -440,11 +454,17 @@ class WsRelay:
 
     async def _keep_primary(self, bridge: ClientBridge) -> None:
         """Re-attach the primary socket whenever it is lost or the serving backend moves."""
+        loop = asyncio.get_running_loop()
+        backoff, attached_at = 0.0, loop.time()
         while not bridge.client.closed and not bridge.superseded:
             await bridge.primary_lost.wait()
             bridge.primary_lost.clear()
             if bridge.superseded:
                 return
+            # A backend that keeps dropping sockets right away must not cause a tight loop.
+            backoff = 0.0 if loop.time() - attached_at > 5.0 else min(max(backoff * 2, 0.1), 2.0)
+            if backoff:
+                await asyncio.sleep(backoff)
             async with bridge.lock:
                 await self._reconcile_primary(bridge)
             detached = bridge.primary is None or bridge.primary not in bridge.upstreams
@@ -455,6 +475,7 @@ class WsRelay:
                     code = WSCloseCode.INTERNAL_ERROR  # not sendable on the wire
                 await bridge.client.close(code=code, message=b"no ComfyUI backend available")
                 return
+            attached_at = loop.time()
 
     async def _reconcile_primary(self, bridge: ClientBridge) -> None:
         serving = self._serving_id()
@@ -499,6 +520,18 @@ class WsRelay:
         for upstream in list(bridge.upstreams.values()):
             await self._close_upstream(upstream)
         bridge.upstreams.clear()
+
+
+def is_deliberate_close(code: int | None) -> bool:
+    """Return True for close codes a backend sends on purpose (not failures or restarts).
+
+    1000 (normal), 1003, 1007, 1008, 1009, 1010 and the application range 3000-4999 pass to the
+    client. 1001 (going away: the backend stops), 1006 (no close frame), 1011-1014 (server
+    trouble) and a missing code mean the backend failed: the relay re-attaches elsewhere.
+    """
+    if code is None:
+        return False
+    return code in (1000, 1003, 1007, 1008, 1009, 1010) or 3000 <= code <= 4999
 
 
 def _is_feature_flags(text: str) -> bool:
