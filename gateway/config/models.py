@@ -242,6 +242,124 @@ class JobSettings(_Model):
     )
 
 
+AlertEventName = Literal[
+    "server_down", "server_up", "failover", "all_down", "recovered", "prompt_lost"
+]
+"""What an alert webhook can be told about (see :mod:`gateway.alerts` for when each fires)."""
+ALERT_EVENTS: tuple[AlertEventName, ...] = (
+    "server_down",
+    "server_up",
+    "failover",
+    "all_down",
+    "recovered",
+    "prompt_lost",
+)
+WebhookFormat = Literal["generic", "slack", "discord"]
+WEBHOOK_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class WebhookConfig(_Model):
+    """One alert receiver: an HTTP(S) URL that gets a JSON POST per alert.
+
+    The URL usually carries a token (Slack and Discord put it in the path), so it is a secret:
+    it is never logged, shown in errors, exported without secrets, or used as a metric label;
+    the webhook's ``name`` identifies it instead.
+    """
+
+    url: SecretStr = Field(
+        description="Receiver URL (http:// or https://); a secret: Slack/Discord URLs hold a token."
+    )
+    name: str | None = Field(
+        None,
+        pattern=WEBHOOK_NAME_PATTERN,
+        description="Label used in logs and metrics instead of the URL; default webhook-N "
+        "(N: its position, from 1).",
+    )
+    format: WebhookFormat = Field(
+        "generic",
+        description="generic: the gateway's JSON document; slack: {'text': ...}; "
+        "discord: {'content': ...}.",
+    )
+    events: list[AlertEventName] = Field(
+        default_factory=lambda: list(ALERT_EVENTS),
+        min_length=1,
+        description="Alerts sent to this webhook (default: all of server_down, server_up, "
+        "failover, all_down, recovered, prompt_lost).",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra request headers, e.g. Authorization for a generic receiver (secrets).",
+    )
+    max_per_minute: int = Field(
+        10,
+        ge=1,
+        le=600,
+        description="Rate limit: messages in any 60 s window; alerts above it are merged into "
+        "one digest sent when the window allows.",
+    )
+    timeout: Seconds = Field(10.0, description="Timeout of one delivery attempt, seconds.")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description="Attempts per message (first try included) before giving up."
+    )
+    backoff: Seconds = Field(
+        1.0, description="Delay before the first retry, seconds; doubles each retry, with jitter."
+    )
+    backoff_max: Seconds = Field(60.0, description="Longest delay between two attempts, seconds.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_http(cls, value: SecretStr) -> SecretStr:
+        # The message never repeats the value: it is a secret.
+        try:
+            url = URL(value.get_secret_value().strip())
+        except (ValueError, TypeError):
+            raise ValueError("not a URL") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return SecretStr(str(url))
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names_are_tokens(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"invalid header name {name!r}")
+        return value
+
+
+class AlertSettings(_Model):
+    """Alert webhooks: who is told when servers go down or up, fail over or prompts are lost."""
+
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, description="Receivers; none by default (alerts off)."
+    )
+    instance: str | None = Field(
+        None,
+        max_length=200,
+        description="Name of this gateway in alert messages; default: the machine's host name.",
+    )
+    queue_size: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Alerts waiting per webhook (while it is slow or rate-limited); the oldest "
+        "are dropped, and counted, when full.",
+    )
+
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> AlertSettings:
+        seen: set[str] = set()
+        for name in self.webhook_names():
+            if name in seen:
+                raise ValueError(f"duplicate webhook name {name!r}")
+            seen.add(name)
+        return self
+
+    def webhook_names(self) -> list[str]:
+        """Return the effective name of every webhook (``name``, else ``webhook-N``)."""
+        return [w.name or f"webhook-{i}" for i, w in enumerate(self.webhooks, start=1)]
+
+
 class GatewayConfig(_Model):
     """The whole configuration file."""
 
@@ -255,6 +373,9 @@ class GatewayConfig(_Model):
     proxy: ProxySettings = Field(default_factory=ProxySettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    alerts: AlertSettings = Field(
+        default_factory=AlertSettings, description="Alert webhooks (none by default)."
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> GatewayConfig:

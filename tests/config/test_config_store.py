@@ -433,7 +433,7 @@ async def test_invalid_hand_edit_keeps_running_config(config_path: Path) -> None
     assert entry["problems"] == [
         f"{config_path}:4: servers[0].url: must start with http:// or https:// (got 'ftp://x')",
         f"{config_path}:6: bogus: unknown key (allowed: listen, servers, active, health, "
-        "failover, proxy, admin, jobs)",
+        "failover, proxy, admin, jobs, alerts)",
     ]
 
 
