@@ -13,8 +13,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from gateway.admin import add_health_routes, create_admin_app
 from gateway.config.models import GatewayConfig
 from gateway.config.store import ConfigStore
+from gateway.dashboard import setup_dashboard
 from gateway.events import Event, EventBus
 from gateway.health.checker import (
     FailoverController,
@@ -47,6 +49,12 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 JOBS: web.AppKey[ComfyRouter] = web.AppKey("jobs", ComfyRouter)
 RECOVERY: web.AppKey[JobRecovery] = web.AppKey("recovery", JobRecovery)
 STORE: web.AppKey[ConfigStore] = web.AppKey("store", ConfigStore)
+
+
+def admin_token(config: GatewayConfig) -> str | None:
+    """Return the admin token in force (the environment override is already applied)."""
+    token = config.admin.token
+    return token.get_secret_value() if token is not None else None
 
 
 def all_down(registry: ServerRegistry) -> bool:
@@ -203,6 +211,15 @@ def create_app(
         pick_serving=lambda: make_picker(registry, pool),
         comfy_hook=lambda: router,
     )
+    admin = create_admin_app(
+        registry=registry,
+        store=store,
+        token_getter=lambda: admin_token(registry.config),
+        protect_reads_getter=lambda: registry.config.admin.protect_reads,
+    )
+    app.add_subapp("/gateway/api", admin)
+    add_health_routes(app)
+    setup_dashboard(app)
     app.router.add_get("/metrics", metrics_handler(metrics))
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
