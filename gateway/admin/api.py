@@ -11,11 +11,11 @@ Handlers are small: they read and validate the request, call a pure change funct
 document built by :mod:`gateway.admin.schemas`. Errors are raised as
 :class:`~gateway.admin.problems.Problem` and rendered by the problem middleware.
 
-Bodies: JSON only (``application/json``; ``application/merge-patch+json`` for PATCH), at most
-1 MiB; ``PUT /config`` also takes YAML (``application/yaml``, ``application/x-yaml``,
-``text/yaml``), or a body without ``Content-Type`` (or ``application/octet-stream``) whose
-format is sniffed (``curl -T``). Any other type is 415 (see :mod:`gateway.admin.auth` for why
-form types never pass).
+Bodies: JSON only (``application/json``; ``application/merge-patch+json`` for PATCH), validated
+strictly (no type coercion), at most 1 MiB. ``PUT /config`` also takes YAML
+(``application/yaml``, ``application/x-yaml``, ``text/yaml``), or a body without
+``Content-Type`` (or ``application/octet-stream``) whose format is sniffed (``curl -T``). Any
+other type is 415 (see :mod:`gateway.admin.auth` for why form types never pass).
 """
 
 from __future__ import annotations
@@ -186,9 +186,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number(text: str) -> float | int:
+    """Parse a JSON number with a fraction or exponent; integral values become ``int``.
+
+    JSON has one number type: ``1.0`` is the integer 1 for JSON Schema, and must be accepted
+    where the schema says ``integer`` even though validation is strict.
+    """
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 def _parse_json(text: str) -> Any:
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants, parse_float=_number)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
@@ -218,9 +228,9 @@ def _query_choice(request: web.Request, name: str, choices: tuple[str, ...], def
 
 def _query_bool(request: web.Request, name: str) -> bool:
     value = request.query.get(name, "false").strip().lower()
-    if value in ("true", "1", "yes", "on"):
+    if value in ("true", "1"):
         return True
-    if value in ("false", "0", "no", "off", ""):
+    if value in ("false", "0"):
         return False
     raise invalid(name, "must be true or false", value)
 
@@ -288,7 +298,7 @@ def _validate_server(data: Any, *, current: GatewayConfig) -> ServerConfig:
         saved = current.server(key) if isinstance(key, str) else None
         data = restore_masked(data, saved.model_dump(mode="python") if saved else {})
     try:
-        return ServerCreate.model_validate(data).to_config()
+        return ServerCreate.model_validate(data, strict=True).to_config()
     except pydantic.ValidationError as exc:
         raise invalid_from(exc, what="server") from None
 
@@ -514,7 +524,11 @@ async def import_config(request: web.Request) -> web.Response:
     if got is None:
         raise BadRequest("send the configuration file as the body (YAML or JSON)")
     text, ctype = got
-    imported = parse_import(text, json_body=ctype == "application/json" or ctype.endswith("+json"))
+    imported = parse_import(
+        text,
+        json_body=ctype == "application/json" or ctype.endswith("+json"),
+        current=_ctx(request).store.config,
+    )
     details: dict[str, Any] = {"mode": mode, "migrated": imported.migrated_from is not None}
 
     def change(config: GatewayConfig) -> GatewayConfig:
@@ -681,7 +695,7 @@ OPERATIONS: tuple[Operation, ...] = (
             200: Reply(
                 "The configuration file.",
                 GatewayConfig,
-                alternatives={"application/yaml": _STRING},
+                also=("application/yaml",),
                 headers={"Content-Disposition": "attachment; filename=..."},
             )
         },
@@ -700,10 +714,10 @@ OPERATIONS: tuple[Operation, ...] = (
         {200: Reply("What changed.", ImportReport)},
         body=Body(
             GatewayConfig,
-            JSON_TYPES,
-            alternatives=dict.fromkeys(YAML_TYPES, _STRING),
-            description="A configuration file as exported (YAML or JSON), or an "
-            "old single-server file.",
+            JSON_TYPES + YAML_TYPES,
+            description="A configuration file as exported (YAML or JSON; the same document "
+            "either way), or an old single-server file (url:, comfyui: {host, port}, "
+            '{"serverUrl": ...}). Read like the file at startup: YAML\'s lenient types.',
         ),
         query=(
             Query(

@@ -5,6 +5,10 @@ force, and either returns the complete new configuration (validated by the model
 :class:`~gateway.admin.problems.Problem` (404, 409, 422). Nothing here does I/O, so every rule
 is unit-testable and a refused change never touches the file.
 
+Client JSON (server bodies and patches, settings patches) is validated in pydantic's strict mode:
+JSON types must be the documented ones (``"enabled": 0`` or ``"priority": "5"`` is a 422), so
+the OpenAPI schema is exact. Imported files are read like the file at startup (lenient types).
+
 Rebuilt configurations keep pydantic's "fields set" (``model_dump(exclude_unset=True)``), so a
 short hand-written file is not inflated with every default by an unrelated admin change.
 """
@@ -78,6 +82,8 @@ def update_server(
     server = require_server(config, server_id)
     if not isinstance(patch, dict):
         raise invalid("", "a server patch must be a JSON object", patch)
+    if patch.get("id", server_id) is None:
+        patch = {k: v for k, v in patch.items() if k != "id"}  # "remove the id": it stays
     if "id" in patch and patch["id"] != server_id:
         raise invalid(
             "id",
@@ -89,7 +95,7 @@ def update_server(
     merged = merge_patch(current, patch)
     merged["id"] = server_id
     try:
-        updated = ServerConfig.model_validate(merged)
+        updated = ServerConfig.model_validate(merged, strict=True)
     except pydantic.ValidationError as exc:
         raise invalid_from(exc, what="server") from None
     before, after = server.model_dump(mode="python"), updated.model_dump(mode="python")
@@ -162,7 +168,7 @@ def patch_settings(config: GatewayConfig, patch: Any) -> tuple[GatewayConfig, li
             raise invalid(key, "must be an object", section_patch)
         sections[key] = merge_patch(data.get(key, {}), section_patch)
     try:
-        new = GatewayConfig.model_validate({**data, **sections})
+        new = GatewayConfig.model_validate({**data, **sections}, strict=True)
     except pydantic.ValidationError as exc:
         raise invalid_from(exc, what="settings") from None
     changed = [

@@ -29,6 +29,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 import gateway
 from gateway.admin.problems import PROBLEM_CONTENT_TYPE, ProblemDetails
+from gateway.config.models import SERVER_ID_PATTERN
 
 ADMIN_PREFIX = "/api"
 """Where the admin sub-app is mounted, relative to the document's server URL ``/gateway``."""
@@ -59,8 +60,6 @@ class Body:
     required: bool = True
     schema: dict[str, Any] | None = None
     description: str = ""
-    alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Extra content types with their raw schemas (YAML text)."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +70,8 @@ class Reply:
     model: type[BaseModel] | None = None
     content_type: str = "application/json"
     schema: dict[str, Any] | None = None
-    alternatives: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Extra content types with their raw schemas."""
+    also: tuple[str, ...] = ()
+    """More content types carrying the same document (``application/yaml``)."""
     headers: dict[str, str] = field(default_factory=dict)
     """Header name -> description (string values)."""
 
@@ -180,7 +179,7 @@ def build_openapi(
         _collect_models(everything, [ProblemDetails, *extra_models]),
         ref_template=REF_TEMPLATE,
     )
-    schemas = dict(defs.get("$defs", {}))
+    schemas = _secrets_masked(dict(defs.get("$defs", {})))
     schemas["Problem"] = schemas.pop("ProblemDetails")
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
@@ -195,7 +194,8 @@ def build_openapi(
                     "in": "path",
                     "required": True,
                     "description": "Server id.",
-                    "schema": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+                    "schema": {"type": "string", "pattern": SERVER_ID_PATTERN},
+                    "examples": {"local": {"value": "local"}},
                 }
             ]
     tags = sorted({op.tag for op in everything})
@@ -215,6 +215,22 @@ def build_openapi(
         "paths": paths,
         "components": {"schemas": schemas, "securitySchemes": SECURITY_SCHEMES},
     }
+
+
+def _secrets_masked(schema: Any) -> Any:
+    """Describe secrets as the API handles them: accepted in requests, masked in responses.
+
+    pydantic marks ``SecretStr`` ``writeOnly``, which in OpenAPI means "never in a response";
+    the API does return them, as ``'********'`` (so a client can send the object back).
+    """
+    if isinstance(schema, dict):
+        if schema.get("writeOnly") is True and schema.get("format") == "password":
+            schema = {k: v for k, v in schema.items() if k != "writeOnly"}
+            schema["description"] = "A secret: shown as '********' in responses and exports."
+        return {k: _secrets_masked(v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_secrets_masked(v) for v in schema]
+    return schema
 
 
 def _schema_of(annotation: Any) -> dict[str, Any]:
@@ -257,8 +273,7 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         out["requestBody"] = {
             "required": body.required,
             "description": body.description or None,
-            "content": {ct: {"schema": schema} for ct in body.content_types}
-            | {ct: {"schema": alt} for ct, alt in body.alternatives.items()},
+            "content": {ct: {"schema": schema} for ct in body.content_types},
         }
         if not body.description:
             del out["requestBody"]["description"]
@@ -266,12 +281,12 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
     for status, reply in op.replies.items():
         entry: dict[str, Any] = {"description": reply.description}
         content: dict[str, Any] = {}
+        reply_schema = reply.schema
         if reply.model is not None:
-            content[reply.content_type] = {"schema": _ref(refs, reply.model, "serialization")}
-        elif reply.schema is not None:
-            content[reply.content_type] = {"schema": reply.schema}
-        for ct, schema in reply.alternatives.items():
-            content[ct] = {"schema": schema}
+            reply_schema = _ref(refs, reply.model, "serialization")
+        if reply_schema is not None:
+            for ct in (reply.content_type, *reply.also):
+                content[ct] = {"schema": reply_schema}
         if content:
             entry["content"] = content
         if reply.headers:

@@ -36,7 +36,10 @@ MASK = "********"
 """What a secret looks like in any response, export or error (and means "keep" on import)."""
 
 _log = structlog.get_logger("gateway.admin")
-_SECRET_LOCATION_PARTS = frozenset({"auth", "token", "password", "bearer_token", "query_token"})
+_SECRET_LOCATION_PARTS = frozenset(
+    {"auth", "token", "password", "bearer_token", "query_token", "webhooks", "headers"}
+)
+"""Values under these keys may be secrets (backend credentials, admin token, alert webhooks)."""
 _URL_CREDENTIALS = re.compile(r"(?i)(//[^/@\s:]*:)[^/@\s]*@")
 _MAX_VALUE_CHARS = 200
 
@@ -210,8 +213,10 @@ def format_location(loc: Iterable[str | int], prefix: str = "") -> str:
     return out
 
 
-def is_secret_location(loc: Iterable[str | int]) -> bool:
-    """Return True when a location points into credentials (their values are masked)."""
+def is_secret_location(loc: Iterable[str | int] | str) -> bool:
+    """Return True when a location (parts, or ``servers[0].auth`` text) may hold a secret."""
+    if isinstance(loc, str):
+        loc = [p for p in re.split(r"[.\[\]]", loc) if p]
     return any(isinstance(p, str) and p in _SECRET_LOCATION_PARTS for p in loc)
 
 

@@ -16,12 +16,13 @@ import dataclasses
 import inspect
 import itertools
 import textwrap
-from typing import Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from gateway.admin.redaction import plain
 from gateway.config.models import (
+    AlertSettings,
     FailoverSettings,
     GatewayConfig,
     HealthSettings,
@@ -35,7 +36,7 @@ from gateway.registry import ServerRegistry, ServerStatus
 
 EDITABLE_SETTINGS: tuple[str, ...] = ("failover", "health")
 """Settings sections ``PATCH /settings`` changes live; the others are read-only there."""
-READ_ONLY_SETTINGS: tuple[str, ...] = ("listen", "proxy", "jobs", "admin")
+READ_ONLY_SETTINGS: tuple[str, ...] = ("listen", "proxy", "jobs", "admin", "alerts")
 
 
 class _Doc(BaseModel):
@@ -68,11 +69,26 @@ class ServerCreate(ServerConfig):
         return ServerConfig.model_validate(self.model_dump())
 
 
-def _optional_fields(model: type[BaseModel]) -> dict[str, Any]:
+def _drop_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+def _optional_fields(model: type[BaseModel], *, resettable: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Return ``model``'s fields for a merge patch: all optional, constraints kept.
+
+    ``null`` (reset to the default) is allowed for fields with a default and for the required
+    ones named in ``resettable`` (derived when absent); other required fields cannot be null.
+    """
     out: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         annotation: Any = field.annotation
-        out[name] = (annotation | None, Field(None, description=field.description))
+        if field.metadata:  # constraints such as ge=1 or a pattern live here, not in the type
+            annotation = Annotated.__class_getitem__((annotation, *field.metadata))  # type: ignore[attr-defined]
+        if field.is_required() and name not in resettable:
+            spec = Field(None, description=field.description, json_schema_extra=_drop_default)
+            out[name] = (annotation, spec)
+        else:
+            out[name] = (annotation | None, Field(None, description=field.description))
     return out
 
 
@@ -81,7 +97,7 @@ ServerPatch: type[BaseModel] = create_model(
     __config__=ConfigDict(extra="forbid"),
     __doc__="A JSON merge patch (RFC 7396) of a server: only the members to change; null "
     "resets a member to its default; '********' keeps a secret; the id cannot change.",
-    **_optional_fields(ServerConfig),
+    **_optional_fields(ServerConfig, resettable=("id", "name")),
 )
 
 
@@ -236,6 +252,7 @@ class SettingsView(_Doc):
     jobs: JobSettings
     listen: ListenConfig
     admin: AdminSettingsView
+    alerts: AlertSettings = Field(description="Alert webhooks (URLs and headers masked).")
     editable: list[str] = Field(
         default=list(EDITABLE_SETTINGS), description="Sections PATCH /settings accepts."
     )
@@ -269,6 +286,7 @@ def settings_view(config: GatewayConfig, *, token_configured: bool) -> dict[str,
             "protect_reads": config.admin.protect_reads,
             "allow_remote_without_token": config.admin.allow_remote_without_token,
         },
+        "alerts": plain(config.alerts.model_dump(mode="python")),
         "editable": list(EDITABLE_SETTINGS),
     }
 

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.admin.problems import BadRequest, FieldError, Invalid
+from gateway.admin.problems import BadRequest, FieldError, Invalid, is_secret_location, safe_value
 from gateway.admin.redaction import restore_masked
 from gateway.config.loader import ConfigError, parse_document, validate_document, validate_mapping
 from gateway.config.migrate import convert_document, detect_legacy_shape
@@ -66,16 +66,22 @@ def _value(shown: str | None) -> Any:
 def config_errors(exc: ConfigError) -> list[FieldError]:
     """Return the loader's located problems as field errors (line numbers kept)."""
     return [
-        FieldError(location=p.location, message=p.message, value=_value(p.value), line=p.line)
+        FieldError(
+            location=p.location,
+            message=p.message,
+            value=safe_value(_value(p.value), secret=is_secret_location(p.location)),
+            line=p.line,
+        )
         for p in exc.problems
     ]
 
 
-def parse_import(text: str, *, json_body: bool) -> Imported:
+def parse_import(text: str, *, json_body: bool, current: GatewayConfig) -> Imported:
     """Parse and validate an imported document; 400 for syntax, 422 for content problems.
 
     ``json_body``: the client declared JSON (parsed strictly, JSON error messages); otherwise
-    YAML, which also accepts JSON.
+    YAML, which also accepts JSON. Masked secrets are checked against ``current`` (they are
+    restored again, from the configuration in force then, by :func:`resolve_import`).
     """
     if json_body:
         try:
@@ -92,7 +98,10 @@ def parse_import(text: str, *, json_body: bool) -> Imported:
         if shape is not None:
             converted = convert_document(doc, SOURCE)
             return Imported(dict(converted.conversion.data), shape)
-        validate_document(doc, SOURCE)
+        data = doc.data
+        if isinstance(data, dict):  # a webhook URL is validated: "********" must be resolved
+            data = restore_masked(data, current.model_dump(mode="python"))
+        validate_document(YamlDocument(data, doc.lines, doc.duplicate_keys), SOURCE)
     except ConfigError as exc:
         errors = config_errors(exc)
         raise Invalid(f"the imported file has {len(errors)} problem(s)", errors=errors) from None

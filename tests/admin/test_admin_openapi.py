@@ -108,3 +108,11 @@ async def test_responses_conform_to_their_schemas(gw: Harness) -> None:
         template = template.replace("/servers/ghost", "/servers/{id}")
         ref = _response_schema(spec, "/api" + template, method.lower(), status)
         _validator(spec, ref).validate(answer)
+
+
+def test_secrets_are_described_as_masked_not_write_only() -> None:
+    spec = build_spec()
+    text = str(spec)
+    assert "writeOnly" not in text
+    token = spec["components"]["schemas"]["BackendAuth"]["properties"]["bearer_token"]
+    assert "********" in str(token)

@@ -327,3 +327,18 @@ async def test_unknown_route_and_method_are_problems(gw: Harness) -> None:
     assert_problem(status, body, headers, 405)
     assert "GET" in headers["Allow"]
     assert "POST" in headers["Allow"]
+
+
+async def test_json_types_are_strict_but_integral_floats_are_integers(gw: Harness) -> None:
+    status, body, _ = await gw.call(
+        "POST", "/servers", {"id": "s", "url": "http://127.0.0.1:1", "enabled": 0, "priority": "5"}
+    )
+    assert status == 422
+    assert {e["location"] for e in body["errors"]} == {"enabled", "priority"}
+    status, body, _ = await gw.call(
+        "POST", "/servers", {"id": "s", "url": "http://127.0.0.1:1", "priority": 5.0}
+    )
+    assert status == 201, body
+    assert body["priority"] == 5
+    status, body, _ = await gw.call("PATCH", "/servers/s", {"priority": 5.5})
+    assert status == 422

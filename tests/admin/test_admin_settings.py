@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from admin_harness import TOKEN, Harness
+from admin_harness import TOKEN, Harness, MakeHarness
 
 
 async def test_get_settings_has_every_section_without_the_token(gw: Harness) -> None:
     status, body, _ = await gw.call("GET", "/settings", token=None)
     assert status == 200
-    assert set(body) == {"failover", "health", "proxy", "jobs", "listen", "admin", "editable"}
+    assert set(body) == {
+        "failover",
+        "health",
+        "proxy",
+        "jobs",
+        "listen",
+        "admin",
+        "alerts",
+        "editable",
+    }
     assert body["failover"]["auto_switch"] is True
     assert body["admin"] == {
         "token_configured": True,
@@ -74,3 +83,46 @@ async def test_patch_settings_errors_change_nothing(gw: Harness) -> None:
     status, body, _ = await gw.call("PATCH", "/settings", "nope")
     assert status == 422
     assert await gw.file_bytes() == before
+
+
+WEBHOOK = "https://hooks.example/services/T000/B000/webhook-secret-part"
+
+
+async def test_alert_webhooks_shown_masked_and_read_only(make_harness: MakeHarness) -> None:
+    gw = await make_harness(
+        {
+            "servers": [{"id": "a", "url": "http://127.0.0.1:1"}],
+            "alerts": {"webhooks": [{"url": WEBHOOK, "headers": {"X-Key": "hdr-secret"}}]},
+        }
+    )
+    status, body, _ = await gw.call("GET", "/settings")
+    assert status == 200
+    assert body["alerts"]["webhooks"][0]["url"] == "********"
+    assert "webhook-secret-part" not in str(body)
+    assert "hdr-secret" not in str(body)
+    status, body, _ = await gw.call("PATCH", "/settings", {"alerts": {"queue_size": 5}})
+    assert status == 422
+    assert body["errors"][0]["location"] == "alerts"
+
+
+async def test_webhook_secrets_survive_round_trip_and_stay_out_of_errors(
+    make_harness: MakeHarness,
+) -> None:
+    gw = await make_harness(
+        {
+            "servers": [{"id": "a", "url": "http://127.0.0.1:1"}],
+            "alerts": {"webhooks": [{"name": "ops", "url": WEBHOOK}]},
+        }
+    )
+    status, exported, _ = await gw.call("GET", "/config")
+    assert status == 200
+    assert "webhook-secret-part" not in exported
+    before = await gw.file_bytes()
+    status, body, _ = await gw.call("PUT", "/config", raw=exported, content_type="application/yaml")
+    assert status == 200, body
+    assert await gw.file_bytes() == before
+    bad = exported.replace("'********'", "'ftp://not-a-hook/leaked-secret'")
+    status, body, _ = await gw.call("PUT", "/config", raw=bad, content_type="application/yaml")
+    assert status == 422, body
+    assert body["errors"][0]["location"] == "alerts.webhooks[0].url"
+    assert "leaked-secret" not in str(body)
