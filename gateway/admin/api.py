@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import pydantic
-import structlog
 from aiohttp import web
 
 from gateway.admin import changes
@@ -78,8 +77,6 @@ PATCH_TYPES: tuple[str, ...] = ("application/merge-patch+json", "application/jso
 YAML_TYPES: tuple[str, ...] = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 MAX_BODY_BYTES = 1024 * 1024
 TEST_CONCURRENCY = 8
-
-_log = structlog.get_logger("gateway.admin")
 
 
 class Store(Protocol):
@@ -249,6 +246,8 @@ async def _change(
 ) -> GatewayConfig:
     """Run ``change`` through the store (validated, saved, applied), then announce it.
 
+    The announcement is the bus event only (the observability layer logs bus events).
+
     ``details`` may be filled by ``change`` itself; it is published after the save, with
     ``action``, ``server`` and ``actor`` (the client address), as an ``admin.change`` event.
     It must hold names and ids only, never values.
@@ -276,7 +275,6 @@ async def _change(
     ctx.registry.events.publish(
         "admin.change", action=action, server=server, actor=request.remote, **event
     )
-    _log.info("admin change", action=action, server=server, actor=request.remote, **event)
     return new
 
 
