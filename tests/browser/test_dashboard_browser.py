@@ -115,6 +115,75 @@ def test_add_test_select_and_edit_a_server(
     assert only_http_noise(watch.console_errors) == []
 
 
+def test_credentials_are_masked_kept_and_removable(
+    backends: Any, gateways: Any, new_page: Any, expect: Any
+) -> None:
+    """Credentials entered in the form are saved, shown masked, kept by an unrelated edit, and
+    removed when their field is cleared."""
+    a, b = backends("a"), backends("b")
+    gw = gateways([server(a, "gpu-a", "GPU A")], active="gpu-a")
+    page, watch = new_page()
+    open_dashboard(page, gw, expect)
+    dialog = page.locator("#server-dialog")
+
+    page.get_by_role("button", name="+ Add server").click()
+    dialog.get_by_label("Name").fill("Cloud GPU")
+    dialog.get_by_label("URL").fill(b.url)
+    dialog.locator("summary").click()
+    dialog.get_by_label("Bearer token").fill("bearer-secret-1")
+    dialog.get_by_label("Extra headers").fill("X-Api-Key: header-secret-2\nX-Team: render")
+    dialog.get_by_role("button", name="Test", exact=True).click()
+    expect(page.locator("#server-test-result")).to_contain_text("Test passed")
+    dialog.get_by_role("button", name="Add server", exact=True).click()
+    expect(state_of(page, "Cloud GPU")).to_have_text("Up")
+    listed = gw.api("GET", "servers/cloud-gpu")
+    assert listed["auth"]["bearer_token"] == "********"
+    assert "bearer-secret-1" not in gw.api("GET", "servers", raw=True)
+
+    # An unrelated edit keeps the secrets (the form sends the masks back).
+    card(page, "Cloud GPU").get_by_role("button", name="Edit Cloud GPU").click()
+    expect(dialog.get_by_label("Bearer token")).to_have_value("********")
+    dialog.get_by_label("Priority").fill("3")
+    dialog.get_by_role("button", name="Save changes").click()
+    expect(dialog).to_be_hidden()
+    saved = yaml.safe_load(gw.config_path.read_text())["servers"][1]
+    assert saved["priority"] == 3
+    assert saved["auth"]["bearer_token"] == "bearer-secret-1"
+    assert saved["auth"]["headers"]["X-Api-Key"] == "header-secret-2"
+
+    # Clearing a field removes that credential only.
+    card(page, "Cloud GPU").get_by_role("button", name="Edit Cloud GPU").click()
+    dialog.get_by_label("Bearer token").fill("")
+    dialog.get_by_label("Extra headers").fill("X-Api-Key: ********")
+    dialog.get_by_role("button", name="Save changes").click()
+    expect(dialog).to_be_hidden()
+    saved = yaml.safe_load(gw.config_path.read_text())["servers"][1]
+    assert "bearer_token" not in (saved.get("auth") or {})
+    assert saved["auth"]["headers"] == {"X-Api-Key": "header-secret-2"}
+    assert watch.page_errors == []
+
+
+def test_a_disabled_server_cannot_be_selected(
+    backends: Any, gateways: Any, new_page: Any, expect: Any
+) -> None:
+    """Selecting a disabled server is refused with a message, and the radios stay as they were."""
+    a, b = backends("a"), backends("b")
+    gw = gateways(
+        [server(a, "gpu-a", "GPU A"), server(b, "gpu-b", "GPU B", enabled=False)],
+        active="gpu-a",
+    )
+    page, watch = new_page()
+    open_dashboard(page, gw, expect)
+    expect(card(page, "GPU B").locator(".badge-disabled")).to_be_visible()
+    page.get_by_role("radio", name="Use GPU B as the active server").click()
+    expect(page.locator("#toast")).to_contain_text("Could not select GPU B")
+    expect(page.locator("#toast")).to_contain_text("disabled")
+    expect(page.get_by_role("radio", name="Use GPU A as the active server")).to_be_checked()
+    expect(page.get_by_role("radio", name="Use GPU B as the active server")).not_to_be_checked()
+    assert gw.api("GET", "servers")["preferred"] == "gpu-a"
+    assert watch.page_errors == []
+
+
 def test_delete_is_refused_for_the_active_server_and_works_for_another(
     backends: Any, gateways: Any, new_page: Any, expect: Any
 ) -> None:
@@ -130,6 +199,7 @@ def test_delete_is_refused_for_the_active_server_and_works_for_another(
     expect(confirm).to_contain_text("GPU A")
     confirm.get_by_role("button", name="Delete", exact=True).click()
     expect(page.locator("#confirm-error")).to_contain_text("active server and cannot be deleted")
+    expect(confirm.get_by_role("button", name="Delete", exact=True)).to_be_disabled()
     confirm.get_by_role("button", name="Cancel").click()
     expect(confirm).to_be_hidden()
     expect(card(page, "GPU A")).to_be_visible()

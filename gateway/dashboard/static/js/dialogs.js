@@ -132,15 +132,18 @@ export class ConfirmDialog {
     if (!this.action) return;
     this.ok.disabled = true;
     show(this.error, false);
+    let refused = false;
     try {
       await this.action();
       this.dialog.close('done');
     } catch (error) {
+      // A conflict (409) is a definitive refusal: trying again cannot succeed.
+      refused = error?.status === 409;
       fill(this.error, this.describeError(error));
       show(this.error, true);
       this.dialog.querySelector('[data-close]')?.focus();
     } finally {
-      this.ok.disabled = false;
+      this.ok.disabled = refused;
     }
   }
 }

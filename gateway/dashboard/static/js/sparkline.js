@@ -7,7 +7,7 @@ import { formatLatency } from './format.js';
 export const WINDOW_SECONDS = 600;
 
 /** The shortest window drawn, seconds. */
-const MIN_SPAN_SECONDS = 30;
+const MIN_SPAN_SECONDS = 10;
 
 const WIDTH = 300;
 const HEIGHT = 48;
@@ -65,7 +65,7 @@ export class History {
 
   /**
    * [start, end] of the drawn window, gateway time: the last 10 minutes, or less while the
-   * page has not seen that much yet (at least half a minute), so a fresh page is not empty.
+   * page has not seen that much yet (at least 10 seconds), so a fresh page is not empty.
    */
   range() {
     let earliest = this.latest;
