@@ -26,6 +26,7 @@ from gateway.testing import (
     parse_binary_frame,
     png_text,
 )
+from gateway.testing.fake_frontend import write_builtin_frontend
 from gateway.testing.fake_images import PNG_SIGNATURE, encode_png
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -663,7 +664,11 @@ async def test_reconnect_during_run_gets_executing_without_prompt_id(client: Tes
         await collect_until(again, finished(pid))
 
 
-async def test_logs_subscription_free_and_static(client: TestClient) -> None:
+async def test_logs_subscription_free_and_static(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    # The built-in web root explicitly: an installed comfyui-frontend-package would replace it.
+    client = await make_client(name="t", frontend_root=write_builtin_frontend(tmp_path, "t"))
     async with client.ws_connect("/ws?clientId=logs") as ws:
         await receive(ws)
         body = {"clientId": "logs", "enabled": True}
