@@ -202,3 +202,21 @@ async def test_flapping_backend_does_not_ping_pong(start_app, make_gateway):
                 state.fail_status = None if state.fail_status else 500  # flip for the next one
     assert results.count(False) >= 5
     assert registry.serving_id == "b0"
+
+
+async def test_unrecoverable_prompt_ends_with_execution_error(
+    backend_process, make_gateway, comfy_client
+):
+    a = await backend_process("a", job_duration=4.0, steps=40)
+    b = await backend_process("b", job_duration=0.2)
+    gw = await make_gateway([a.url, b.url], failover={"resubmit_lost_prompts": False})
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.is_up("b0") and registry.is_up("b1"))
+    client = await comfy_client(gw)
+    prompt_id = await client.submit(example_prompt("lost"))
+    await client.wait_for("execution_start", prompt_id)
+    await a.kill()
+    error = await client.wait_for("execution_error", prompt_id)
+    assert "re-submission is off" in error["data"]["exception_message"]
+    await client.wait_done(prompt_id)  # scripts waiting for the end marker are released too
+    assert (await sim_state(b.url))["executed_prompt_ids"] == []
