@@ -99,7 +99,7 @@ api.onUnauthorized = (message, info) => tokenPrompt.ask(message, info);
 function updateTokenButton() {
   const button = byId('token-button');
   button.textContent = api.token ? 'Token set' : 'Admin token';
-  button.setAttribute('aria-label', api.token ? 'Admin token is set: change or forget it' : 'Enter the admin token');
+  button.setAttribute('aria-label', api.token ? 'Token set: change or forget the admin token' : 'Admin token: enter it');
 }
 
 // -- loading and refreshing ----------------------------------------------------------------
