@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -62,21 +63,29 @@ class Subscription:
             yield await self._queue.get()
 
 
+FREQUENT_KINDS = frozenset({"server.checked"})
+"""Kinds published on every health check: kept in a history of their own, so that they do not
+push the rarer, more important events (state changes, switches, admin changes) out."""
+
+
 class EventBus:
-    """Fan events out to subscribers and synchronous listeners, keeping a short history."""
+    """Fan events out to subscribers and synchronous listeners, keeping a short history.
+
+    Two bounded histories are kept for replay (``Last-Event-ID``): ``history`` frequent events
+    and ``history * 5`` of every other kind.
+    """
 
     def __init__(self, history: int = 200) -> None:
         self._subscriptions: set[Subscription] = set()
         self._listeners: list[EventListener] = []
         self._ids = itertools.count(1)
-        self._history: list[Event] = []
-        self._history_size = history
+        self._frequent: deque[Event] = deque(maxlen=history)
+        self._important: deque[Event] = deque(maxlen=history * 5)
 
     def publish(self, kind: str, /, **data: Any) -> Event:
         """Publish an event to everyone; never blocks, never raises from a listener."""
         event = Event(kind=kind, data=data, id=next(self._ids))
-        self._history.append(event)
-        del self._history[: -self._history_size]
+        (self._frequent if kind in FREQUENT_KINDS else self._important).append(event)
         for sub in list(self._subscriptions):
             sub._offer(event)
         for listener in list(self._listeners):
@@ -100,4 +109,5 @@ class EventBus:
 
     def recent(self, after_id: int = 0) -> list[Event]:
         """Return the kept history of events newer than ``after_id``."""
-        return [e for e in self._history if e.id > after_id]
+        merged = [e for e in (*self._frequent, *self._important) if e.id > after_id]
+        return sorted(merged, key=lambda e: e.id)
