@@ -116,7 +116,11 @@ class ServerConfig(_Model):
 
     id: ServerId
     name: str = Field(min_length=1, max_length=200, description="Display name.")
-    url: str = Field(description="Base URL of the ComfyUI server, e.g. http://127.0.0.1:8188.")
+    url: str = Field(
+        description="Base URL of the ComfyUI server, e.g. http://127.0.0.1:8188.",
+        # Documents the validator's first rule in the JSON schema (OpenAPI, editors).
+        json_schema_extra={"pattern": r"^\s*[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+"},
+    )
     enabled: bool = Field(True, description="Disabled servers are never checked nor used.")
     priority: int = Field(
         100,
