@@ -57,6 +57,14 @@ def slugify(name: str) -> str:
     return (slug or "server")[:64].rstrip("-_") or "server"
 
 
+def _check_header_names(value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+    """Refuse header names that are not RFC 9110 tokens."""
+    for name in value:
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ValueError(f"invalid header name {name!r}")
+    return value
+
+
 class _Model(BaseModel):
     """Base for every config model: unknown keys are errors, instances are immutable."""
 
@@ -92,13 +100,7 @@ class BackendAuth(_Model):
         None, description="Appended as '?token=' (ComfyUI-Login style), also on /ws."
     )
 
-    @field_validator("headers")
-    @classmethod
-    def _header_names_are_tokens(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name in value:
-            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-                raise ValueError(f"invalid header name {name!r}")
-        return value
+    _header_names_are_tokens = field_validator("headers")(_check_header_names)
 
 
 class ServerTimeouts(_Model):
@@ -322,13 +324,7 @@ class WebhookConfig(_Model):
             raise ValueError("must be an http:// or https:// URL with a host")
         return SecretStr(str(url))
 
-    @field_validator("headers")
-    @classmethod
-    def _header_names_are_tokens(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
-        for name in value:
-            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
-                raise ValueError(f"invalid header name {name!r}")
-        return value
+    _header_names_are_tokens = field_validator("headers")(_check_header_names)
 
 
 class AlertSettings(_Model):
