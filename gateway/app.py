@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway.admin import add_health_routes, create_admin_app
+from gateway.alerts import setup_alerts
 from gateway.config.models import GatewayConfig
 from gateway.config.store import ConfigStore
 from gateway.dashboard import setup_dashboard
@@ -165,6 +166,7 @@ def create_app(
     observers.add(metrics.observer)
     attach_event_logging(events)
     install_request_context(app)
+    setup_alerts(app, registry, metrics_registry=metrics.registry)
     app[HEALTH] = checker
     app[FAILOVER] = controller
     app[METRICS] = metrics
