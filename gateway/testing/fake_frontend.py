@@ -3,7 +3,9 @@
 The web root is, in order: ``FakeComfyOptions.frontend_root``; the ``static`` directory of the
 ``comfyui_frontend_package`` pip package if importable (like ComfyUI's FrontendManager); else a
 tiny built-in page written to a scratch directory. ``/templates`` is served from the
-``comfyui_workflow_templates`` package if importable, else from a built-in one-category index.
+``comfyui_workflow_templates`` package if importable, else from a built-in one-category index
+whose template has its workflow and its thumbnail (``<name>-1.<mediaSubtype>``, which the
+frontend's template dialog loads).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.testing.fake_images import encode_png
 from gateway.testing.fake_state import FakeComfyState
 
 BUILTIN_INDEX_HTML = """<!doctype html>
@@ -45,7 +48,7 @@ BUILTIN_TEMPLATES_INDEX: list[dict[str, Any]] = [
                 "name": "fake_invert",
                 "title": "Invert an empty image",
                 "mediaType": "image",
-                "mediaSubtype": "webp",
+                "mediaSubtype": "png",
                 "description": "EmptyImage → ImageInvert → SaveImage (simulated backend).",
             }
         ],
@@ -128,23 +131,32 @@ def write_builtin_frontend(root: Path, name: str) -> Path:
 
 
 def write_builtin_templates(root: Path) -> Path:
-    """Write the built-in ``/templates`` directory (index.json + one workflow) under ``root``."""
+    """Write the built-in ``/templates`` directory (index, one workflow, its thumbnail)."""
     templates = root / "templates"
     templates.mkdir(parents=True, exist_ok=True)
     (templates / "index.json").write_text(json.dumps(BUILTIN_TEMPLATES_INDEX), encoding="utf-8")
     (templates / "fake_invert.json").write_text(
         json.dumps(BUILTIN_TEMPLATE_WORKFLOW), encoding="utf-8"
     )
+    # The thumbnail shows what the template makes: an inverted black image, i.e. white.
+    (templates / "fake_invert-1.png").write_bytes(encode_png(256, 256, 0xFFFFFF))
     return templates
 
 
 def resolve_web_root(state: FakeComfyState, scratch: Path) -> Path:
-    """Pick the web root (option, frontend package, or built-in page in ``scratch``)."""
+    """Pick the web root (option, frontend package, or built-in page in ``scratch``).
+
+    Logs ``[Prompt Server] web root: ...`` like ComfyUI's PromptServer, so the frontend's Logs
+    panel (``/internal/logs/raw``) has a startup line to show.
+    """
     if state.options.frontend_root is not None:
-        return Path(state.options.frontend_root)
-    return package_dir("comfyui_frontend_package", "static") or write_builtin_frontend(
-        scratch, state.options.name
-    )
+        web_root = Path(state.options.frontend_root)
+    else:
+        web_root = package_dir("comfyui_frontend_package", "static") or write_builtin_frontend(
+            scratch, state.options.name
+        )
+    state.log(f"[Prompt Server] web root: {web_root}")
+    return web_root
 
 
 def resolve_templates_root(scratch: Path) -> Path:

@@ -5,6 +5,13 @@ The node schemas mirror ComfyUI 0.3.64 (``nodes.py``, ``custom_nodes/websocket_i
 ``execution.validate_prompt``/``validate_inputs`` (same error types, messages and details).
 Two simulator-only nodes exist: ``FailNode`` (raises when executed) and ``FakeDelay`` (spends a
 given number of seconds in progress steps).
+
+:data:`NODES` are the nodes this backend executes. :data:`MODEL_NODES` are schema-only: the nodes
+of the web frontend's default graph (load checkpoint, CLIP text encode, empty latent, KSampler, VAE
+decode), listed by ``/object_info`` so the frontend opens its default graph without a "missing
+nodes" dialog, as it does on a real ComfyUI. This backend has no models, so their model lists are
+empty and a prompt that uses them fails validation (``value_not_in_list`` on ``ckpt_name``) exactly
+like a real ComfyUI without models: they never reach the worker. :data:`ALL_NODES` is both.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ class NodeDef:
     #: V3 nodes (comfy_api io.ComfyNode) have a slightly different object_info layout
     v3: bool = False
     experimental: bool = False
+    #: OUTPUT_TOOLTIPS (``output_tooltips`` in ``/object_info`` when set)
+    output_tooltips: tuple[str, ...] | None = None
 
 
 # --------------------------------------------------------------------------- schemas
@@ -241,6 +250,192 @@ NODES: dict[str, NodeDef] = {
 }
 
 
+#: comfy.samplers.KSampler.SAMPLERS at ComfyUI 0.3.64
+SAMPLER_NAMES = [
+    *("euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2"),
+    *("dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive", "dpmpp_2s_ancestral"),
+    *("dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_cfg_pp"),
+    *("dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu"),
+    *("dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis"),
+    *("res_multistep", "res_multistep_cfg_pp", "res_multistep_ancestral"),
+    *("res_multistep_ancestral_cfg_pp", "gradient_estimation", "gradient_estimation_cfg_pp"),
+    *("er_sde", "seeds_2", "seeds_3", "sa_solver", "sa_solver_pece", "ddim", "uni_pc"),
+    "uni_pc_bh2",
+]
+#: comfy.samplers.KSampler.SCHEDULERS at ComfyUI 0.3.64
+SCHEDULER_NAMES = [
+    *("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal"),
+    *("linear_quadratic", "kl_optimal"),
+]
+
+_CFG_TOOLTIP = (
+    "The Classifier-Free Guidance scale balances creativity and adherence to the prompt. Higher "
+    "values result in images more closely matching the prompt however too high values will "
+    "negatively impact quality."
+)
+_DENOISE_TOOLTIP = (
+    "The amount of denoising applied, lower values will maintain the structure of the initial "
+    "image allowing for image to image sampling."
+)
+
+
+def _tip(kind: Any, tooltip: str, **extra: Any) -> tuple[Any, dict[str, Any]]:
+    return (kind, {**extra, "tooltip": tooltip})
+
+
+#: Schema-only nodes of the frontend's default graph (``nodes.py`` at 0.3.64); see the module doc.
+MODEL_NODES: dict[str, NodeDef] = {
+    node.name: node
+    for node in (
+        NodeDef(
+            name="KSampler",
+            display_name="KSampler",
+            category="sampling",
+            input_types=lambda env: {
+                "required": {
+                    "model": _tip("MODEL", "The model used for denoising the input latent."),
+                    "seed": _tip(
+                        "INT",
+                        "The random seed used for creating the noise.",
+                        default=0,
+                        min=0,
+                        max=0xFFFFFFFFFFFFFFFF,
+                        control_after_generate=True,
+                    ),
+                    "steps": _tip(
+                        "INT",
+                        "The number of steps used in the denoising process.",
+                        default=20,
+                        min=1,
+                        max=10000,
+                    ),
+                    "cfg": _tip(
+                        "FLOAT", _CFG_TOOLTIP, default=8.0, min=0.0, max=100.0, step=0.1, round=0.01
+                    ),
+                    "sampler_name": _tip(
+                        list(SAMPLER_NAMES),
+                        "The algorithm used when sampling, this can affect the quality, speed, "
+                        "and style of the generated output.",
+                    ),
+                    "scheduler": _tip(
+                        list(SCHEDULER_NAMES),
+                        "The scheduler controls how noise is gradually removed to form the image.",
+                    ),
+                    "positive": _tip(
+                        "CONDITIONING",
+                        "The conditioning describing the attributes you want to include in the "
+                        "image.",
+                    ),
+                    "negative": _tip(
+                        "CONDITIONING",
+                        "The conditioning describing the attributes you want to exclude from the "
+                        "image.",
+                    ),
+                    "latent_image": _tip("LATENT", "The latent image to denoise."),
+                    "denoise": _tip(
+                        "FLOAT", _DENOISE_TOOLTIP, default=1.0, min=0.0, max=1.0, step=0.01
+                    ),
+                }
+            },
+            output=("LATENT",),
+            output_tooltips=("The denoised latent.",),
+            description="Uses the provided model, positive and negative conditioning to denoise "
+            "the latent image.",
+        ),
+        NodeDef(
+            name="CheckpointLoaderSimple",
+            display_name="Load Checkpoint",
+            category="loaders",
+            # folder_paths.get_filename_list("checkpoints"): this backend has no models.
+            input_types=lambda env: {
+                "required": {
+                    "ckpt_name": _tip([], "The name of the checkpoint (model) to load."),
+                }
+            },
+            output=("MODEL", "CLIP", "VAE"),
+            output_tooltips=(
+                "The model used for denoising latents.",
+                "The CLIP model used for encoding text prompts.",
+                "The VAE model used for encoding and decoding images to and from latent space.",
+            ),
+            description="Loads a diffusion model checkpoint, diffusion models are used to denoise "
+            "latents.",
+        ),
+        NodeDef(
+            name="CLIPTextEncode",
+            display_name="CLIP Text Encode (Prompt)",
+            category="conditioning",
+            input_types=lambda env: {
+                "required": {
+                    "text": _tip(
+                        "STRING", "The text to be encoded.", multiline=True, dynamicPrompts=True
+                    ),
+                    "clip": _tip("CLIP", "The CLIP model used for encoding the text."),
+                }
+            },
+            output=("CONDITIONING",),
+            output_tooltips=(
+                "A conditioning containing the embedded text used to guide the diffusion model.",
+            ),
+            description="Encodes a text prompt using a CLIP model into an embedding that can be "
+            "used to guide the diffusion model towards generating specific images.",
+        ),
+        NodeDef(
+            name="VAEDecode",
+            display_name="VAE Decode",
+            category="latent",
+            input_types=lambda env: {
+                "required": {
+                    "samples": _tip("LATENT", "The latent to be decoded."),
+                    "vae": _tip("VAE", "The VAE model used for decoding the latent."),
+                }
+            },
+            output=("IMAGE",),
+            output_tooltips=("The decoded image.",),
+            description="Decodes latent images back into pixel space images.",
+        ),
+        NodeDef(
+            name="EmptyLatentImage",
+            display_name="Empty Latent Image",
+            category="latent",
+            input_types=lambda env: {
+                "required": {
+                    "width": _tip(
+                        "INT",
+                        "The width of the latent images in pixels.",
+                        default=512,
+                        min=16,
+                        max=MAX_RESOLUTION,
+                        step=8,
+                    ),
+                    "height": _tip(
+                        "INT",
+                        "The height of the latent images in pixels.",
+                        default=512,
+                        min=16,
+                        max=MAX_RESOLUTION,
+                        step=8,
+                    ),
+                    "batch_size": _tip(
+                        "INT",
+                        "The number of latent images in the batch.",
+                        default=1,
+                        min=1,
+                        max=4096,
+                    ),
+                }
+            },
+            output=("LATENT",),
+            output_tooltips=("The empty latent image batch.",),
+            description="Create a new batch of empty latent images to be denoised via sampling.",
+        ),
+    )
+}
+
+#: Every node ``/object_info`` lists and validation knows (the worker executes only NODES).
+ALL_NODES: dict[str, NodeDef] = {**MODEL_NODES, **NODES}
+
+
 # --------------------------------------------------------------------------- object_info
 
 
@@ -280,14 +475,16 @@ def node_info(node: NodeDef, env: NodeEnv) -> dict[str, Any]:
         "category": node.category,
         "output_node": node.output_node,
     }
+    if node.output_tooltips is not None:
+        info["output_tooltips"] = list(node.output_tooltips)
     if node.experimental:
         info["experimental"] = True
     return info
 
 
 def object_info(env: NodeEnv) -> dict[str, Any]:
-    """The full ``GET /object_info`` body."""
-    return {name: node_info(node, env) for name, node in NODES.items()}
+    """The full ``GET /object_info`` body (executable and schema-only nodes)."""
+    return {name: node_info(node, env) for name, node in ALL_NODES.items()}
 
 
 # --------------------------------------------------------------------------- validation
@@ -366,7 +563,7 @@ def _check_link(
             "bad_linked_input", msg, name, input_name=name, input_config=info, received_value=val
         ), True
     o_id = val[0]
-    received_type = NODES[prompt[o_id]["class_type"]].output[val[1]]
+    received_type = ALL_NODES[prompt[o_id]["class_type"]].output[val[1]]
     if not skip_type_check and not validate_node_input(received_type, input_type):
         details = f"{name}, received_type({received_type}) mismatch input_type({input_type})"
         return _error(
@@ -495,7 +692,7 @@ def _validate_inputs(
     if unique_id in validated:
         return validated[unique_id]
     inputs = prompt[unique_id]["inputs"]
-    node = NODES[prompt[unique_id]["class_type"]]
+    node = ALL_NODES[prompt[unique_id]["class_type"]]
     input_types = node.input_types(env)
     names = [*input_types.get("required", {}), *input_types.get("optional", {})]
     errors: list[dict[str, Any]] = []
@@ -552,7 +749,7 @@ def _structural_error(prompt: dict[str, Any]) -> dict[str, Any] | None:
                 "Cannot execute because a node is missing the class_type property.",
                 f"Node ID '#{node_id}'",
             )
-        if node["class_type"] not in NODES:
+        if node["class_type"] not in ALL_NODES:
             return _error(
                 "invalid_prompt",
                 f"Cannot execute because node {node['class_type']} does not exist.",
@@ -571,7 +768,7 @@ def validate_prompt(
     outputs = [
         node_id
         for node_id, node in prompt.items()
-        if NODES[node["class_type"]].output_node
+        if ALL_NODES[node["class_type"]].output_node
         and (partial_execution_targets is None or node_id in partial_execution_targets)
     ]
     if not outputs:
