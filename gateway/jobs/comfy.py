@@ -40,7 +40,7 @@ from yarl import URL
 
 from gateway.events import EventBus
 from gateway.jobs import refs
-from gateway.jobs.tracker import JobTracker, PromptState
+from gateway.jobs.tracker import JobTracker, PromptRecord, PromptState
 from gateway.jobs.uploads import CachedUpload, SpooledFile, UploadCache
 from gateway.proxy.http import HttpForwarder, error_response
 from gateway.proxy.upstream import Backend, BackendPool
@@ -266,8 +266,15 @@ class ComfyRouter:
         prefer: list[str] | None = None,
         exclude: frozenset[str] = frozenset(),
         path: str = "/prompt",
+        rerun: PromptRecord | None = None,
     ) -> web.Response:
-        """Send a prompt body to the best backend; record it; return ComfyUI's answer."""
+        """Send a prompt body to the best backend; record it; return ComfyUI's answer.
+
+        ``rerun`` is the record of the prompt this submission re-runs (recovery). When that
+        prompt finished while the copy was on its way (its backend came back and completed it),
+        the copy just placed is cancelled at once and 409 ``prompt_finished`` is returned: the
+        prompt must neither run nor be delivered twice.
+        """
         prompt_id: str = body["prompt_id"]
         client_id = body.get("client_id") if isinstance(body.get("client_id"), str) else None
         tried: set[str] = set(exclude)
@@ -307,11 +314,43 @@ class ComfyRouter:
                 if not found:
                     last_error = f"backend {backend.id!r} failed before queueing: {exc}"
                     continue  # confirmed absent: safe to submit elsewhere
+                if (late := await self._late_copy(rerun, backend)) is not None:
+                    return late
                 self._accepted(prompt_id, backend.id, client_id, body)
                 return self._json({"prompt_id": prompt_id, "number": 0, "node_errors": {}})
             if exchange.status == 200:
+                if (late := await self._late_copy(rerun, backend)) is not None:
+                    return late
                 self._accepted(prompt_id, backend.id, client_id, body)
             return self._relay(exchange)
+
+    async def _late_copy(self, rerun: PromptRecord | None, backend: Backend) -> web.Response | None:
+        """Cancel a re-run copy accepted after its prompt finished; None when still wanted."""
+        if rerun is None or not rerun.finished:
+            return None
+        if not await self.cancel_copy(backend, rerun.prompt_id):
+            rerun.cancel_pending.add(backend.id)  # recovery retries when the backend answers
+        return error_response(
+            409,
+            "prompt_finished",
+            f"prompt {rerun.prompt_id!r} finished while it was being re-submitted; the copy "
+            f"on backend {backend.id!r} is cancelled",
+            backend.id,
+            prompt_id=rerun.prompt_id,
+        )
+
+    async def cancel_copy(self, backend: Backend, prompt_id: str) -> bool:
+        """Delete a prompt from a backend's queue and interrupt it if it runs there."""
+        try:
+            for path, body in (
+                ("/queue", {"delete": [prompt_id]}),
+                ("/interrupt", {"prompt_id": prompt_id}),
+            ):
+                await self._call(backend, "POST", path, json_body=body, timeout=FANOUT_TIMEOUT)
+        except (aiohttp.ClientError, AmbiguousFailure, TimeoutError):
+            return False
+        self.events.publish("prompt.copy_cancelled", prompt_id=prompt_id, server=backend.id)
+        return True
 
     def _accepted(
         self, prompt_id: str, backend: str, client_id: str | None, body: dict[str, Any]

@@ -114,6 +114,9 @@ class JobRecovery:
 
     async def rescue(self, record: PromptRecord) -> None:
         """Re-submit a prompt whose backend failed, or report it lost."""
+        if record.finished:  # finished (or given up) while this pass was running
+            self._orphaned_since.pop(record.prompt_id, None)
+            return
         if not self._settings().resubmit_lost_prompts:
             await self.lose(record, f"backend {record.backend!r} failed and re-submission is off")
             return
@@ -121,7 +124,12 @@ class JobRecovery:
             await self.lose(record, "the prompt's body is no longer available")
             return
         started = self._orphaned_since.setdefault(record.prompt_id, time.monotonic())
-        answer = await self.router.submit(dict(record.body), exclude=frozenset({record.backend}))
+        answer = await self.router.submit(
+            dict(record.body), exclude=frozenset({record.backend}), rerun=record
+        )
+        if record.finished:  # its backend came back and finished it meanwhile: copy cancelled
+            self._orphaned_since.pop(record.prompt_id, None)
+            return
         if answer.status == 200:
             self._orphaned_since.pop(record.prompt_id, None)
             self._release_old_socket(record)
@@ -232,7 +240,7 @@ class JobRecovery:
         if not self._settings().resubmit_lost_prompts or record.body is None:
             await self.lose(record, f"backend {record.backend!r} lost the prompt (restart)")
             return
-        answer = await self.router.submit(dict(record.body))
+        answer = await self.router.submit(dict(record.body), rerun=record)
         if answer.status == 400:
             await self.lose(record, f"re-submission refused: {_text(answer.body)}")
 
