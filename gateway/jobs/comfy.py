@@ -294,35 +294,40 @@ class ComfyRouter:
                     last_error,
                 )
             tried.add(backend.id)
-            await self.prepare_backend(backend, body, client_id)
-            try:
-                exchange = await self._call(backend, "POST", path, request=request, json_body=body)
-            except aiohttp.ClientConnectorError as exc:
-                last_error = f"could not connect to backend {backend.id!r}: {exc}"
-                continue  # nothing was sent: another backend is safe
-            except AmbiguousFailure as exc:
-                found = await self.reconcile(backend, prompt_id)
-                if found is None:
-                    return error_response(
-                        502,
-                        "upstream_ambiguous",
-                        f"backend {backend.id!r} failed while accepting the prompt ({exc}); "
-                        "whether it was queued could not be determined",
-                        backend.id,
-                        prompt_id=prompt_id,
+            # The client's socket there stays open until the prompt is recorded (or refused):
+            # a serving change in between must not close it, or the prompt's events are lost.
+            with self.relay.pinned(client_id, backend.id):
+                await self.prepare_backend(backend, body, client_id)
+                try:
+                    exchange = await self._call(
+                        backend, "POST", path, request=request, json_body=body
                     )
-                if not found:
-                    last_error = f"backend {backend.id!r} failed before queueing: {exc}"
-                    continue  # confirmed absent: safe to submit elsewhere
-                if (late := await self._late_copy(rerun, backend)) is not None:
-                    return late
-                self._accepted(prompt_id, backend.id, client_id, body)
-                return self._json({"prompt_id": prompt_id, "number": 0, "node_errors": {}})
-            if exchange.status == 200:
-                if (late := await self._late_copy(rerun, backend)) is not None:
-                    return late
-                self._accepted(prompt_id, backend.id, client_id, body)
-            return self._relay(exchange)
+                except aiohttp.ClientConnectorError as exc:
+                    last_error = f"could not connect to backend {backend.id!r}: {exc}"
+                    continue  # nothing was sent: another backend is safe
+                except AmbiguousFailure as exc:
+                    found = await self.reconcile(backend, prompt_id)
+                    if found is None:
+                        return error_response(
+                            502,
+                            "upstream_ambiguous",
+                            f"backend {backend.id!r} failed while accepting the prompt ({exc}); "
+                            "whether it was queued could not be determined",
+                            backend.id,
+                            prompt_id=prompt_id,
+                        )
+                    if not found:
+                        last_error = f"backend {backend.id!r} failed before queueing: {exc}"
+                        continue  # confirmed absent: safe to submit elsewhere
+                    if (late := await self._late_copy(rerun, backend)) is not None:
+                        return late
+                    self._accepted(prompt_id, backend.id, client_id, body)
+                    return self._json({"prompt_id": prompt_id, "number": 0, "node_errors": {}})
+                if exchange.status == 200:
+                    if (late := await self._late_copy(rerun, backend)) is not None:
+                        return late
+                    self._accepted(prompt_id, backend.id, client_id, body)
+                return self._relay(exchange)
 
     async def _late_copy(self, rerun: PromptRecord | None, backend: Backend) -> web.Response | None:
         """Cancel a re-run copy accepted after its prompt finished; None when still wanted."""

@@ -34,7 +34,8 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,7 @@ class WsRelay:
         self._serving_changed = asyncio.Condition()
         self.message_hooks: list[WsMessageHook] = []
         self.keep_secondary: Callable[[str, str], bool] = lambda client_id, backend_id: False
+        self._pins: Counter[tuple[str, str]] = Counter()
 
     # -- public API used by the app and the job layer ------------------------------------
 
@@ -168,13 +170,38 @@ class WsRelay:
                 return False
         return True
 
+    @contextlib.contextmanager
+    def pinned(self, client_id: str | None, backend_id: str) -> Iterator[None]:
+        """Keep the client's socket on ``backend_id`` open for the duration of the block.
+
+        The job layer pins it while ``POST /prompt`` is in flight there: until the backend
+        accepts the prompt nothing in :attr:`keep_secondary` knows about it, and a serving change
+        in that window would close the socket the prompt's events must arrive on (ComfyUI does
+        not buffer them). ``client_id`` None pins nothing.
+        """
+        if client_id is None:
+            yield
+            return
+        key = (client_id, backend_id)
+        self._pins[key] += 1
+        try:
+            yield
+        finally:
+            self._pins[key] -= 1
+            if self._pins[key] <= 0:
+                del self._pins[key]
+
+    def _keeps(self, client_id: str, backend_id: str) -> bool:
+        """Return True when a non-primary socket must stay open (pinned or still needed)."""
+        return self._pins[(client_id, backend_id)] > 0 or self.keep_secondary(client_id, backend_id)
+
     def release_upstream(self, client_id: str, backend_id: str) -> None:
         """Close a client's socket on a backend it no longer needs (never the primary).
 
         The close runs in the background: a frozen backend would hold the close handshake.
         """
         bridge = self._bridges.get(client_id)
-        if bridge is None or backend_id == bridge.primary:
+        if bridge is None or backend_id == bridge.primary or self._pins[(client_id, backend_id)]:
             return
         upstream = bridge.upstreams.pop(backend_id, None)
         if upstream is not None:
@@ -488,7 +515,7 @@ class WsRelay:
             if (
                 old is not None
                 and current != bridge.primary
-                and not self.keep_secondary(bridge.client_id, old.backend_id)
+                and not self._keeps(bridge.client_id, old.backend_id)
             ):
                 bridge.upstreams.pop(old.backend_id, None)
                 await self._close_upstream(old)

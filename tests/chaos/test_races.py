@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from gateway.app import JOBS, WS_RELAY
@@ -165,11 +164,6 @@ async def test_rescue_landing_after_the_prompt_finished_is_cancelled(
     await client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: WsRelay._reconcile_primary closes the client's socket on the old backend while "
-    "POST /prompt is in flight there (keep_secondary only knows recorded prompts)",
-)
 async def test_serving_change_while_a_prompt_is_being_submitted_keeps_its_socket(
     make_gateway, start_app
 ):
