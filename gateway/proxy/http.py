@@ -28,7 +28,7 @@ from multidict import CIMultiDict
 from gateway.keys import BACKEND_USED, REQUEST_ID
 from gateway.proxy.headers import client_response_headers, upstream_request_headers
 from gateway.proxy.observer import TrafficObserver, route_group
-from gateway.proxy.upstream import Backend
+from gateway.proxy.upstream import Backend, UpstreamResponse
 
 SMALL_BODY = 256 * 1024
 CHUNK = 256 * 1024
@@ -209,6 +209,16 @@ class HttpForwarder:
         started: float,
     ) -> web.StreamResponse:
         headers = self.upstream_headers(request, backend)
+        if body is None and not request.body_exists:
+            # Most of ComfyUI's traffic: the lean keep-alive pool (see gateway.proxy.upstream).
+            headers["Host"] = backend.host_header
+            answer = await backend.http.request(
+                request.method, backend.target(raw_path_qs), headers
+            )
+            try:
+                return await self._relay_response(request, backend, answer, group, started)
+            finally:
+                answer.release()
         data: Any = None
         if body is not None:
             data = body
@@ -229,7 +239,7 @@ class HttpForwarder:
         self,
         request: web.Request,
         backend: Backend,
-        upstream: aiohttp.ClientResponse,
+        upstream: aiohttp.ClientResponse | UpstreamResponse,
         group: str,
         started: float,
     ) -> web.StreamResponse:

@@ -1,18 +1,39 @@
-"""Upstream connections: one pooled ``ClientSession`` per backend, with its credentials.
+"""Upstream connections: pooled connections per backend, with its credentials.
 
-A :class:`Backend` knows how to reach one ComfyUI server: its base URL, its connection pool and
+A :class:`Backend` knows how to reach one ComfyUI server: its base URL, its connection pools and
 the credentials that go to it and to no one else. :class:`BackendPool` keeps one per configured
-server and follows configuration changes (a changed URL, credentials or limits gets a new
-session; the old one is closed once its in-flight requests are done).
+server and follows configuration changes (a changed URL, credentials or limits gets new pools;
+the old ones are closed once their in-flight requests are done).
+
+Each backend has two pools:
+
+* :attr:`Backend.session`, an aiohttp ``ClientSession``: requests with a body, the job layer's
+  own requests and websockets;
+* :attr:`Backend.http`, a :class:`Http1Pool`: the proxy's requests without a body (``GET``,
+  ``HEAD``, ...; most of ComfyUI's traffic). It speaks HTTP/1.1 keep-alive with aiohttp's own
+  protocol, parser and writer, minus the per-request machinery of ``ClientSession`` (URL
+  objects, cookie jar, tracing, redirects, auto headers) that costs more CPU than the rest of
+  the proxy put together. It keeps the session's semantics: ``max_connections`` in use at once,
+  ``timeouts.connect`` and ``timeouts.read``, aiohttp's exception types (a refused connection
+  raises ``ClientConnectorError``), one retry of an idempotent request whose connection was
+  closed under it, idle connections dropped after 30 s, bodies streamed with flow control.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import ssl
+from collections import deque
 
 import aiohttp
-from multidict import CIMultiDict
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.http import RawResponseMessage
+from aiohttp.http_writer import StreamWriter
+from aiohttp.streams import StreamReader
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config.models import GatewayConfig, ServerConfig
@@ -37,6 +58,34 @@ class Backend:
             sock_read=server.timeouts.read,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._http: Http1Pool | None = None
+        base_path = self.base_url.raw_path.rstrip("/")
+        self._target_prefix = base_path
+        self.host_header = self.base_url.host_port_subcomponent or ""
+        """The ``Host`` header requests to this backend carry (as aiohttp would set it)."""
+
+    @property
+    def http(self) -> Http1Pool:
+        """Return this backend's keep-alive pool for requests without a body."""
+        if self._http is None:
+            self._http = Http1Pool(self)
+        return self._http
+
+    def target(self, raw_path_qs: str) -> str:
+        """Return the request target (path and query, still encoded) for a client's raw one.
+
+        The client's bytes are kept as they are; the backend's ``query_token``, if any, replaces
+        a ``token`` parameter the client sent.
+        """
+        raw = raw_path_qs if raw_path_qs.startswith("/") else "/" + raw_path_qs
+        if self.query_token is not None:
+            path, sep, query = raw.partition("?")
+            kept = (
+                [p for p in query.split("&") if p and p.split("=", 1)[0] != "token"] if sep else []
+            )
+            kept.append("token=" + _quote_query(self.query_token))
+            raw = path + "?" + "&".join(kept)
+        return self._target_prefix + raw
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -85,9 +134,15 @@ class Backend:
         )
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pools."""
+        if self._http is not None:
+            self._http.close()
         if self._session is not None:
             await self._session.close()
+
+
+def _quote_query(value: str) -> str:
+    return str(URL.build(query={"t": value}, encoded=False)).split("=", 1)[1]
 
 
 def _auth_headers(server: ServerConfig) -> CIMultiDict[str]:
@@ -152,3 +207,202 @@ class BackendPool:
             task.cancel()
         await asyncio.gather(*self._closing, return_exceptions=True)
         await asyncio.gather(*(b.close() for b in self._backends.values()))
+
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+KEEPALIVE = 30.0
+"""Seconds an idle upstream connection is kept (aiohttp's backend servers keep theirs 75 s)."""
+
+
+class Http1Pool:
+    """Keep-alive HTTP/1.1 connections to one backend, for requests without a body.
+
+    See the module docstring for what it keeps of ``ClientSession``'s behaviour. Not for
+    websockets (:attr:`Backend.session` does those) nor for request bodies.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        server = backend.server
+        url = backend.base_url
+        self._host = url.raw_host or ""
+        self._port = url.port
+        self._ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if url.scheme == "https" else None
+        )
+        self._key = ConnectionKey(
+            self._host, self._port or 0, self._ssl is not None, True, None, None, None, None
+        )
+        self._limit = server.max_connections
+        self._connect_timeout = server.timeouts.connect
+        self._read_timeout = server.timeouts.read
+        self._idle: deque[tuple[ResponseHandler, float]] = deque()
+        self._in_use = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def request(
+        self, method: str, target: str, headers: CIMultiDict[str]
+    ) -> UpstreamResponse:
+        """Send a request without a body; return the answer once its headers arrived.
+
+        Raises what ``ClientSession.request`` raises: ``ClientConnectorError`` (nothing was
+        sent), ``ConnectionTimeoutError``, ``SocketTimeoutError``, ``ServerDisconnectedError``,
+        ``ClientOSError``. The caller must :meth:`UpstreamResponse.release` the answer.
+        """
+        loop = asyncio.get_running_loop()
+        retry = method in IDEMPOTENT_METHODS
+        while True:
+            proto = await self._acquire(loop)
+            try:
+                proto.set_response_params(
+                    read_timeout=self._read_timeout,
+                    skip_payload=method == "HEAD",
+                    read_until_eof=True,
+                    auto_decompress=False,
+                )
+                writer = StreamWriter(proto, loop)
+                await writer.write_headers(f"{method} {target} HTTP/1.1", headers)
+                await writer.write_eof()
+                proto.start_timeout()
+                message, payload = await proto.read()
+                while 100 <= message.code < 200 and message.code != 101:
+                    message, payload = await proto.read()  # 1xx interim answers: skipped
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                self._release(proto, reusable=False)
+                if retry:  # RFC 9112 §9.3.1, as ClientSession does
+                    retry = False
+                    continue
+                raise exc
+            except aiohttp.ClientConnectionResetError as exc:
+                self._release(proto, reusable=False)
+                if retry:
+                    retry = False
+                    continue
+                raise aiohttp.ClientOSError(str(exc)) from exc
+            except BaseException:
+                self._release(proto, reusable=False)
+                raise
+            return UpstreamResponse(self, proto, message, payload)
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+        while True:
+            now = loop.time()
+            idle = self._idle
+            while idle:
+                proto, since = idle.pop()  # the most recently used: the likeliest alive
+                if proto.is_connected() and not proto.should_close and now - since < KEEPALIVE:
+                    self._in_use += 1
+                    return proto
+                proto.close()
+            if self._in_use < self._limit:
+                self._in_use += 1
+                try:
+                    return await self._connect(loop)
+                except BaseException:
+                    self._in_use -= 1
+                    self._wake()
+                    raise
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if not waiter.cancelled() and waiter.done():
+                    self._wake()  # pass the slot we were given on
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+        if self._closed:
+            raise aiohttp.ClientConnectorError(self._key, OSError("connection pool closed"))
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                _, proto = await loop.create_connection(
+                    lambda: ResponseHandler(loop),
+                    self._host,
+                    self._port,
+                    ssl=self._ssl,
+                    server_hostname=self._host if self._ssl is not None else None,
+                )
+        except TimeoutError as exc:
+            raise aiohttp.ConnectionTimeoutError(
+                f"Connection timeout to host {self._host}:{self._port}"
+            ) from exc
+        except OSError as exc:
+            raise aiohttp.ClientConnectorError(self._key, exc) from exc
+        return proto
+
+    def _release(self, proto: ResponseHandler, *, reusable: bool) -> None:
+        self._in_use -= 1
+        if reusable and not self._closed and proto.is_connected() and not proto.should_close:
+            now = asyncio.get_running_loop().time()
+            idle = self._idle
+            while idle and now - idle[0][1] >= KEEPALIVE:
+                idle.popleft()[0].close()
+            idle.append((proto, now))
+        else:
+            proto.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def close(self) -> None:
+        """Close the idle connections; those in use close when released."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop()[0].close()
+
+
+class UpstreamResponse:
+    """A backend's answer from :class:`Http1Pool`: status, headers and the streamed body.
+
+    Shaped like the parts of ``aiohttp.ClientResponse`` the proxy uses (``status``,
+    ``headers``, ``content``, ``read()``, ``release()``).
+    """
+
+    __slots__ = ("_pool", "_proto", "content", "headers", "status")
+
+    def __init__(
+        self,
+        pool: Http1Pool,
+        proto: ResponseHandler,
+        message: RawResponseMessage,
+        payload: StreamReader,
+    ) -> None:
+        self._pool: Http1Pool | None = pool
+        self._proto = proto
+        self.status: int = message.code
+        self.headers: CIMultiDictProxy[str] = message.headers
+        self.content = payload
+
+    @property
+    def content_length(self) -> int | None:
+        """Return the ``Content-Length`` of the answer, if it has a valid one."""
+        value = self.headers.get("Content-Length")
+        if value is None or not value.isdigit():
+            return None
+        return int(value)
+
+    async def read(self) -> bytes:
+        """Read the whole body, then give the connection back."""
+        try:
+            data = await self.content.read()
+        except BaseException:
+            self.release()
+            raise
+        self.release()
+        return data
+
+    def release(self) -> None:
+        """Give the connection back: kept alive when the body was read to its end."""
+        pool = self._pool
+        if pool is None:
+            return
+        self._pool = None
+        pool._release(self._proto, reusable=self.content.is_eof())
