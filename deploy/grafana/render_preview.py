@@ -268,7 +268,12 @@ async def query_panel(
             params = {"query": expr, "time": f"{end:.3f}"}
             url = f"{prom}/api/v1/query"
         else:
-            params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": STEP}
+            params = {
+                "query": expr,
+                "start": f"{start:.3f}",
+                "end": f"{end:.3f}",
+                "step": str(STEP),
+            }
             url = f"{prom}/api/v1/query_range"
         async with session.get(url, params=params) as resp:
             body = await resp.json()
@@ -440,7 +445,7 @@ def time_label(ts: float) -> str:
 def nice_max(value: float) -> float:
     if value <= 0 or math.isnan(value):
         return 1.0
-    exp = 10 ** math.floor(math.log10(value))
+    exp = 10.0 ** math.floor(math.log10(value))
     for m in (1, 2, 2.5, 5, 10):
         if value <= m * exp:
             return m * exp
