@@ -356,8 +356,14 @@ def display_value(path: DataPath, value: Any) -> str | None:
 
 
 def is_secret_path(path: DataPath) -> bool:
-    """Return True for paths whose values may be secrets (``auth`` blocks, the admin token)."""
-    return "auth" in path or path == ("admin",) or path[:2] == ("admin", "token")
+    """Return True for paths whose values may be secrets (``auth`` blocks, the admin token,
+    webhook URLs and headers, which carry tokens)."""
+    return (
+        "auth" in path
+        or path == ("admin",)
+        or path[:2] == ("admin", "token")
+        or (path[:1] == ("alerts",) and ("url" in path or "headers" in path))
+    )
 
 
 def mask_url(text: str) -> str:

@@ -62,7 +62,7 @@ LEGACY_URL_KEYS = ("url", "comfyui_url", "server_url", "serverUrl")
 LEGACY_BLOCK_KEY = "comfyui"
 DEFAULT_SERVER_ID = "default"
 DEFAULT_SERVER_NAME = "Default Server"
-CARRIED_SECTIONS = ("health", "failover", "proxy", "admin", "jobs")
+CARRIED_SECTIONS = ("health", "failover", "proxy", "admin", "jobs", "alerts")
 """Sections of the current shape copied as they are when an old file has them."""
 
 _BLOCK_TLS_FLAGS = ("https", "ssl", "tls")

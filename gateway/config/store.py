@@ -131,8 +131,12 @@ def to_yaml(
 
 
 def has_secrets(config: GatewayConfig) -> bool:
-    """Return True when the config holds an admin token or any backend credential."""
-    return config.admin.token is not None or any(s.auth is not None for s in config.servers)
+    """Return True when the config holds an admin token, a backend credential or a webhook."""
+    return (
+        config.admin.token is not None
+        or any(s.auth is not None for s in config.servers)
+        or bool(config.alerts.webhooks)
+    )
 
 
 def _dump_model(model: BaseModel, reveal: bool, *, always: Sequence[str] = ()) -> dict[str, Any]:
