@@ -22,4 +22,6 @@ FORWARDER: web.AppKey[HttpForwarder] = web.AppKey("forwarder")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BACKEND_USED: web.RequestKey[str] = web.RequestKey("backend_used", str)
 """The backend that answered a proxied request (set by the proxy, read by the access log)."""
+TRAFFIC_REPORTED: web.RequestKey[bool] = web.RequestKey("traffic_reported", bool)
+"""Set once a request's outcome was reported to the traffic observers (never twice)."""
 EXTRAS: web.AppKey[dict[str, Any]] = web.AppKey("extras")

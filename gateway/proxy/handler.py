@@ -8,6 +8,7 @@ backend chosen by the routing policy.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
@@ -42,9 +43,10 @@ def make_proxy_handler(
             return await relay.handle(request)
         hook = comfy_hook()
         if hook is not None:
+            started = time.perf_counter()
             answer = await hook(request)
             if answer is not None:
-                return answer
+                return forwarder.report(request, answer, started)
         return await forwarder.forward(request, pick_serving())
 
     return proxy

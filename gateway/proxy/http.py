@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from gateway.keys import BACKEND_USED, REQUEST_ID
+from gateway.keys import BACKEND_USED, REQUEST_ID, TRAFFIC_REPORTED
 from gateway.proxy.headers import client_response_headers, upstream_request_headers
 from gateway.proxy.observer import TrafficObserver, route_group
 from gateway.proxy.upstream import Backend, UpstreamResponse
@@ -50,6 +50,18 @@ def error_response(
 
 class BodyTooLarge(Exception):
     """The client's streamed body exceeded the configured limit."""
+
+
+def _cause(exc: BaseException, kind: type[BodyTooLarge]) -> BodyTooLarge | None:
+    """Return the first exception of ``kind`` in ``exc``'s cause/context chain, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, kind):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 async def _limited(stream: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
@@ -225,15 +237,24 @@ class HttpForwarder:
             headers.popall("Content-Length", None)
         elif request.body_exists:
             data = _limited(request.content, limit)
-        async with backend.session.request(
-            request.method,
-            backend.url(raw_path_qs),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-            compress=None,
-        ) as upstream:
-            return await self._relay_response(request, backend, upstream, group, started)
+        try:
+            async with backend.session.request(
+                request.method,
+                backend.url(raw_path_qs),
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=None,
+            ) as upstream:
+                return await self._relay_response(request, backend, upstream, group, started)
+        except aiohttp.ClientConnectionError as exc:
+            # aiohttp wraps an error raised by the streamed body ("failed to send bytes"): a
+            # chunked body that grew past the limit is the client's fault (413), not the
+            # backend's (502), and must not count against the backend's health.
+            too_large = _cause(exc, BodyTooLarge)
+            if too_large is not None:
+                raise too_large from exc
+            raise
 
     async def _relay_response(
         self,
@@ -269,6 +290,16 @@ class HttpForwarder:
         await stream.write_eof()
         return self._finish(request, backend.id, group, started, stream, sent)
 
+    def report(
+        self, request: web.Request, response: web.StreamResponse, started: float
+    ) -> web.StreamResponse:
+        """Report an answer built elsewhere (the ComfyUI-aware layer), unless already reported."""
+        if request.get(TRAFFIC_REPORTED):
+            return response
+        return self._finish(
+            request, request.get(BACKEND_USED), route_group(request.path), started, response
+        )
+
     def _finish(
         self,
         request: web.Request,
@@ -280,6 +311,7 @@ class HttpForwarder:
     ) -> web.StreamResponse:
         if backend is not None:
             request[BACKEND_USED] = backend
+        request[TRAFFIC_REPORTED] = True
         if sent is None:
             body = getattr(response, "body", None)
             sent = len(body) if isinstance(body, bytes | bytearray) else 0

@@ -232,3 +232,18 @@ async def test_allowed_origin_gets_cors_and_preflight(two_backends, make_gateway
     resp = await gw.get("/system_stats", headers={"Origin": "https://app.example"})
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
+async def test_answers_of_the_comfyui_aware_layer_are_counted(two_backends, make_gateway):
+    gw = await make_gateway([server_url(b) for b in two_backends])
+    for path in ("/queue", "/api/history", "/prompt"):
+        assert (await gw.get(path)).status == 200
+    metrics = await (await gw.get("/metrics")).text()
+    counted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("comfyui_gateway_http_requests_total{")
+        and 'group="prompt"' in line
+        and 'method="GET"' in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 3
