@@ -131,6 +131,7 @@ def create_app(
         max_body_size=lambda: proxy_settings().max_body_size,
     )
     relay.message_hooks.append(router.on_ws_message)
+    relay.attach_hooks.append(router.on_ws_attach)
     relay.keep_secondary = lambda client_id, server_id: any(
         r.client_id == client_id for r in tracker.unfinished_on(server_id)
     )

@@ -109,7 +109,10 @@ class ComfyRouter:
             ("HEAD", "/view"): self.get_view,
             ("POST", "/upload/image"): self.post_upload,
             ("POST", "/upload/mask"): self.post_upload,
+            ("PATCH", "/internal/logs/subscribe"): self.patch_logs_subscribe,
         }
+        self.log_subscribers: dict[str, bool] = {}
+        """clientId -> subscribed to a backend's log lines (replayed on a new backend)."""
 
     # -- dispatch ------------------------------------------------------------------------
 
@@ -214,9 +217,15 @@ class ComfyRouter:
         limit = min(self._max_body_size(), MAX_JSON_BODY)
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        raw = await request.content.read(limit + 1) if request.body_exists else b""
-        if len(raw) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+        # Read to the end: ``content.read(n)`` returns what has arrived so far, which truncates
+        # a body that comes in several TCP segments (a prompt with its workflow attached).
+        buffer = bytearray()
+        if request.body_exists:
+            async for chunk in request.content.iter_any():
+                buffer += chunk
+                if len(buffer) > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(buffer))
+        raw = bytes(buffer)
         try:
             return raw, json.loads(raw) if raw else None
         except ValueError:
@@ -692,6 +701,33 @@ class ComfyRouter:
             "uploads.cache", bytes=self.uploads.total_bytes, entries=len(self.uploads)
         )
         return True
+
+    # -- log subscriptions -----------------------------------------------------------------
+
+    async def patch_logs_subscribe(self, request: web.Request) -> web.StreamResponse:
+        """Forward a log subscription and remember it, to replay it on the next backend."""
+        raw, body = await self._read_json_body(request)
+        if isinstance(body, dict) and isinstance(body.get("clientId"), str):
+            client_id = body["clientId"]
+            if body.get("enabled"):
+                self.log_subscribers[client_id] = True
+            else:
+                self.log_subscribers.pop(client_id, None)
+        return await self.forwarder.forward(request, self._picker(), body=raw)
+
+    async def on_ws_attach(self, client_id: str, backend_id: str) -> None:
+        """Replay a client's log subscription on the backend its socket moved to."""
+        backend = self._backend(backend_id)
+        if backend is None or not self.log_subscribers.get(client_id):
+            return
+        with contextlib.suppress(aiohttp.ClientError, AmbiguousFailure):
+            await self._call(
+                backend,
+                "PATCH",
+                "/internal/logs/subscribe",
+                json_body={"clientId": client_id, "enabled": True},
+                timeout=FANOUT_TIMEOUT,
+            )
 
     # -- websocket hook -------------------------------------------------------------------
 

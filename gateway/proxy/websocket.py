@@ -35,7 +35,7 @@ import contextlib
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,9 @@ log = structlog.get_logger("gateway.ws")
 WsMessageHook = Callable[[str, str, dict[str, Any]], dict[str, Any] | None]
 """Called with (client_id, backend_id, parsed JSON message) for every downstream text message;
 returns a replacement message, None to pass it unchanged, or :data:`DROP` to drop it."""
+
+AttachHook = Callable[[str, str], Awaitable[None]]
+"""Called with (client_id, backend_id) after a client's primary socket opened on a backend."""
 
 DROP: dict[str, Any] = {}
 """Returned by a message hook to drop a message (compared by identity)."""
@@ -130,6 +133,8 @@ class WsRelay:
         self._all: set[ClientBridge] = set()
         self._serving_changed = asyncio.Condition()
         self.message_hooks: list[WsMessageHook] = []
+        self.attach_hooks: list[AttachHook] = []
+        """Run (in the background) whenever a client's primary socket opens on a backend."""
         self.keep_secondary: Callable[[str, str], bool] = lambda client_id, backend_id: False
         self._pins: Counter[tuple[str, str]] = Counter()
 
@@ -327,6 +332,8 @@ class WsRelay:
             # Before the reader starts: the backend's greeting `status` (the new queue) must
             # pass to the client, and only the primary's status messages do.
             bridge.primary = backend_id
+            for hook in self.attach_hooks:
+                spawn(hook(bridge.client_id, backend_id), name=f"ws-attach-{backend_id}")
         self._observer.ws_opened("upstream", backend_id)
         upstream.reader = spawn(
             self._pump_down(bridge, upstream), name=f"ws-down-{bridge.client_id}-{backend_id}"

@@ -38,7 +38,13 @@ from gateway.testing.fake_frontend import (
     resolve_templates_root,
     resolve_web_root,
 )
-from gateway.testing.fake_nodes import NODES, NodeEnv, node_info, object_info, validate_prompt
+from gateway.testing.fake_nodes import (
+    ALL_NODES,
+    NodeEnv,
+    node_info,
+    object_info,
+    validate_prompt,
+)
 from gateway.testing.fake_state import FakeComfyOptions, FakeComfyState, QueueItem, log
 from gateway.testing.fake_userdata import add_user_routes
 from gateway.testing.fake_worker import prompt_worker
@@ -272,7 +278,7 @@ def add_core_routes(routes: web.RouteTableDef, state: FakeComfyState) -> None:
     @routes.get("/object_info/{node_class}")
     async def get_object_info_node(request: web.Request) -> web.StreamResponse:
         name = request.match_info["node_class"]
-        out = {name: node_info(NODES[name], node_env(state))} if name in NODES else {}
+        out = {name: node_info(ALL_NODES[name], node_env(state))} if name in ALL_NODES else {}
         return web.json_response(out)
 
     @routes.get("/history")

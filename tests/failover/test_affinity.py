@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -112,3 +113,21 @@ async def test_mask_upload_goes_to_the_backend_of_its_original(pair, make_gatewa
     name = (await resp.json())["name"]
     assert (Path(pair[0].app[FAKE_STATE].dirs.input) / name).exists()
     assert not (Path(pair[1].app[FAKE_STATE].dirs.input) / name).exists()
+
+
+async def test_log_subscription_follows_the_client_to_a_new_backend(
+    pair, make_gateway, comfy_client
+):
+    gw = await make_gateway([server_url(b) for b in pair])
+    client = await comfy_client(gw)
+    body = {"clientId": client.client_id, "enabled": True}
+    assert (await gw.patch("/internal/logs/subscribe", json=body)).status == 200
+    assert client.client_id in pair[0].app[FAKE_STATE].log_subscribers
+    await select(gw, "b1")  # the client's socket moves to b1: the subscription must follow
+    subscribers = pair[1].app[FAKE_STATE].log_subscribers
+    async with asyncio.timeout(10):  # replayed in the background once the socket moved
+        while client.client_id not in subscribers:  # noqa: ASYNC110 - no event to await there
+            await asyncio.sleep(0.01)
+    prompt_id = await client.submit(example_prompt("logs"))
+    await client.wait_for("logs")  # b1's "got prompt" line reaches the same socket
+    await client.wait_done(prompt_id)
