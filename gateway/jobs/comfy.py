@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from yarl import URL
 
 from gateway.events import EventBus
@@ -258,14 +259,16 @@ class ComfyRouter:
         result = await self.submit(body, request=request, prefer=preferred)
         return result
 
-    def _picker(self):  # type: ignore[no-untyped-def]
-        def pick(tried: frozenset[str]) -> Backend | None:
-            for server_id in self._candidates(tried):
-                if server_id not in tried and (backend := self._backend(server_id)):
-                    return backend
-            return None
+    def _next_backend(self, tried: set[str], prefer: list[str] | None = None) -> Backend | None:
+        """Return the next backend to try: ``prefer`` first, then the routing candidates."""
+        order = [*(prefer or ()), *self._candidates(frozenset(tried))]
+        return next(
+            (b for s in order if s not in tried and (b := self._backend(s)) is not None), None
+        )
 
-        return pick
+    def _picker(self) -> Callable[[frozenset[str]], Backend | None]:
+        """Return a picker for the plain forwarder over the routing candidates."""
+        return lambda tried: self._next_backend(set(tried))
 
     async def submit(
         self,
@@ -289,12 +292,7 @@ class ComfyRouter:
         tried: set[str] = set(exclude)
         last_error = "no ComfyUI backend is available"
         while True:
-            order = [s for s in (prefer or []) if s not in tried] + self._candidates(
-                frozenset(tried)
-            )
-            backend = next(
-                (b for s in order if s not in tried and (b := self._backend(s)) is not None), None
-            )
+            backend = self._next_backend(tried, prefer)
             if backend is None:
                 status = 503 if not tried - exclude else 502
                 return error_response(
@@ -626,8 +624,9 @@ class ComfyRouter:
                 if part.name == "image" and part.filename is not None and spooled is None:
                     spooled = await self.uploads.spool(part, limit)
                 else:
-                    fields.append((part.name or "", await part.text()))
-        except ValueError as exc:
+                    fields.append((part.name or "", await _read_field(part, limit)))
+        except (ValueError, BadHttpMessage) as exc:
+            # BadHttpMessage: a malformed multipart body (e.g. a "line" longer than aiohttp reads).
             if spooled is not None:
                 self.uploads.discard(spooled)
             return error_response(413 if "exceeds" in str(exc) else 400, "bad_upload", str(exc))
@@ -653,10 +652,7 @@ class ComfyRouter:
             out_fields.append((name, value))
         tried: set[str] = set()
         while True:
-            order = [s for s in prefer if s not in tried] + self._candidates(frozenset(tried))
-            backend = next(
-                (b for s in order if s not in tried and (b := self._backend(s)) is not None), None
-            )
+            backend = self._next_backend(tried, prefer)
             if backend is None:
                 return error_response(
                     503, "no_backend_available", "no ComfyUI backend is available for the upload"
@@ -755,6 +751,25 @@ class ComfyRouter:
         for ref in refs.file_refs(data["output"]):
             self.tracker.output_seen(backend_id, ref)
         return {**message, "data": {**data, "output": refs.tag_outputs(backend_id, data["output"])}}
+
+
+MAX_FORM_FIELD = 1024 * 1024
+"""Largest non-file field of an upload form (``type``, ``subfolder``, ``original_ref``...)."""
+
+
+async def _read_field(part: aiohttp.BodyPartReader, limit: int) -> str:
+    """Read a text field of a multipart form, bounded (``part.text()`` reads without limit).
+
+    The bytes are taken as sent (form fields carry no transfer or content encoding in practice;
+    decompressing one could also outgrow the bound).
+    """
+    cap = min(limit, MAX_FORM_FIELD)
+    data = bytearray()
+    while chunk := await part.read_chunk(64 * 1024):
+        data += chunk
+        if len(data) > cap:
+            raise ValueError(f"form field {part.name!r} exceeds {cap} bytes")
+    return bytes(data).decode(part.get_charset(default="utf-8"))  # UnicodeDecodeError: 400
 
 
 def _once(backend: Backend):  # type: ignore[no-untyped-def]
