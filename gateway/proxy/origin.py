@@ -106,12 +106,16 @@ def origin_middleware(allowed_origins: Callable[[], frozenset[str]]) -> Middlewa
 
     @web.middleware
     async def check_origin(request: web.Request, handler: Handler) -> web.StreamResponse:
-        origin = request.headers.get("Origin")
+        headers = request.headers
+        origin = headers.get("Origin")
+        sec_fetch_site = headers.get("Sec-Fetch-Site")
+        if origin is None and sec_fetch_site != "cross-site":
+            return await handler(request)  # rule 1, without building anything else
         allowed, cors = origin_verdict(
             origin=origin,
             host=request.host,
-            sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
-            sec_fetch_mode=request.headers.get("Sec-Fetch-Mode"),
+            sec_fetch_site=sec_fetch_site,
+            sec_fetch_mode=headers.get("Sec-Fetch-Mode"),
             allowed=allowed_origins(),
         )
         if not allowed:
