@@ -11,7 +11,8 @@ own metrics endpoint:
    ``X-Forwarded-Host`` when forwarded headers are trusted): allowed. As in ComfyUI, ports are
    compared only when both sides carry one.
 3. ``Origin`` listed in ``proxy.allowed_origins``: allowed, with CORS headers on the response
-   (preflights are answered by the gateway).
+   (preflights are answered by the gateway) -- on ComfyUI's paths only: the gateway's own
+   ``/gateway/...`` pages and admin API stay same-origin.
 4. Anything else, including the opaque origin ``null``: 403 with a JSON body naming the origin.
 
 Unlike ComfyUI, the check applies whatever the ``Host`` (not only loopback), and also refuses
@@ -101,6 +102,10 @@ def forbidden_origin(origin: str | None) -> web.Response:
     )
 
 
+GATEWAY_PREFIX = "/gateway/"
+_NONE: frozenset[str] = frozenset()
+
+
 def origin_middleware(allowed_origins: Callable[[], frozenset[str]]) -> Middleware:
     """Return the front-door middleware enforcing the rules of this module."""
 
@@ -116,7 +121,10 @@ def origin_middleware(allowed_origins: Callable[[], frozenset[str]]) -> Middlewa
             host=request.host,
             sec_fetch_site=sec_fetch_site,
             sec_fetch_mode=headers.get("Sec-Fetch-Mode"),
-            allowed=allowed_origins(),
+            # The gateway's own pages and admin API are same-origin only: the allow-list is
+            # for ComfyUI's API (a web app on another origin driving ComfyUI), never for the
+            # API that decides where traffic goes.
+            allowed=_NONE if request.path.startswith(GATEWAY_PREFIX) else allowed_origins(),
         )
         if not allowed:
             return forbidden_origin(origin)

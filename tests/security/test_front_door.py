@@ -136,13 +136,6 @@ async def test_listed_origins_do_not_open_the_admin_api(start_app, file_gateway)
         assert resp.status == 415, ctype
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: gateway/proxy/origin.py answers CORS preflights for /gateway/api/* from "
-    "proxy.allowed_origins (204, Allow-Credentials, Allow-Methods incl. PATCH/DELETE, "
-    "Allow-Headers incl. Authorization/X-Gateway-Token) although the admin API promises "
-    "to answer none (gateway/admin/auth.py rule 1); the real request is still refused (403)",
-)
 async def test_admin_api_answers_no_cors_preflight_to_listed_origins(start_app, file_gateway):
     client, _ = await setup(start_app, file_gateway)
     resp = await client.options(
