@@ -37,6 +37,7 @@ HOP_BY_HOP = frozenset(
     )
 )
 _DROP_UPSTREAM = HOP_BY_HOP | {istr("Host"), istr("Origin"), istr("Referer")}
+_CONTENT_LENGTH = frozenset({istr("Content-Length")})
 _FORWARDED = frozenset(
     istr(h) for h in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 )
@@ -95,11 +96,24 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """Return the backend's response headers as they go to the client."""
-    drop = _connection_listed(headers)
-    return CIMultiDict(
-        (name, value)
-        for name, value in headers.items()
-        if name not in HOP_BY_HOP and name not in drop
-    )
+def client_response_headers(
+    headers: CIMultiDictProxy[str],
+    into: CIMultiDict[str] | None = None,
+    *,
+    drop_length: bool = False,
+) -> CIMultiDict[str]:
+    """Return the backend's response headers as they go to the client.
+
+    With ``into`` (e.g. a new ``web.Response``'s own headers) they are added there, saving a
+    copy; ``drop_length`` also leaves ``Content-Length`` out (the proxy sets its own).
+    """
+    out: CIMultiDict[str] = CIMultiDict() if into is None else into
+    drop = _connection_listed(headers) if "Connection" in headers else ()
+    add = out.add
+    for name, value in headers.items():
+        if name in HOP_BY_HOP or (drop and name in drop):
+            continue
+        if drop_length and name in _CONTENT_LENGTH:
+            continue
+        add(name, value)
+    return out

@@ -8,7 +8,9 @@ Contract of :meth:`HttpForwarder.forward`:
 * headers follow :mod:`gateway.proxy.headers`;
 * a body larger than ``proxy.max_body_size`` is refused with 413 before anything is sent;
 * a refused connection (nothing was sent yet) is retried on the next backend ``pick`` offers;
-  nothing else is ever retried, because ``POST /prompt`` is not idempotent;
+  nothing else is ever retried, because ``POST /prompt`` is not idempotent (below this layer,
+  the upstream pools resend an idempotent request once when its connection closed before any
+  answer, as aiohttp's client does);
 * upstream failures answer JSON naming the backend and the cause: connect error and reset 502,
   timeout 504, no backend at all 503. A failure after the answer started aborts the connection;
 * a client that goes away cancels the handler (``handler_cancellation``), which closes the
@@ -112,7 +114,9 @@ class HttpForwarder:
         """Forward ``request`` (or ``body`` in place of its body) and return the answer."""
         started = time.perf_counter()
         group = route_group(request.path)
-        limit = self._max_body_size()
+        limit = 0  # only a body streamed from the client is limited here
+        if body is None and request.body_exists:
+            limit = self._max_body_size()
         if body is None and request.content_length is not None and request.content_length > limit:
             return self._finish(
                 request,
@@ -269,17 +273,18 @@ class HttpForwarder:
             self.observer.upstream_failed(backend.id, "status_5xx", str(status))
         else:
             self.observer.upstream_succeeded(backend.id)
-        headers = client_response_headers(upstream.headers)
         length = upstream.content_length
         if request.method == "HEAD" or status in (204, 304) or status < 200:
-            response = web.Response(status=status, headers=headers)
+            response = web.Response(status=status)
+            client_response_headers(upstream.headers, response.headers)
             return self._finish(request, backend.id, group, started, response)
         if length is not None and length <= SMALL_BODY:
             payload = await upstream.read()
-            headers.popall("Content-Length", None)
-            response = web.Response(status=status, headers=headers, body=payload)
+            response = web.Response(status=status, body=payload)
+            client_response_headers(upstream.headers, response.headers, drop_length=True)
             return self._finish(request, backend.id, group, started, response, len(payload))
-        stream = web.StreamResponse(status=status, headers=headers)
+        stream = web.StreamResponse(status=status)
+        client_response_headers(upstream.headers, stream.headers)
         if length is not None:
             stream.content_length = length
         await stream.prepare(request)
