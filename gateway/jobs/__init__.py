@@ -1,0 +1,1 @@
+"""ComfyUI awareness: prompt/file/client affinity, job continuity across failover."""
