@@ -5,10 +5,10 @@ the credentials that go to it and to no one else. :class:`BackendPool` keeps one
 server and follows configuration changes (a changed URL, credentials or limits gets new pools;
 the old ones are closed once their in-flight requests are done).
 
-Each backend has two pools:
+Each backend has two pools for HTTP:
 
-* :attr:`Backend.session`, an aiohttp ``ClientSession``: requests with a body, the job layer's
-  own requests and websockets;
+* :attr:`Backend.session`, an aiohttp ``ClientSession``: requests with a body and the job
+  layer's own requests (websockets have :attr:`Backend.ws_session`, uncapped: one per client);
 * :attr:`Backend.http`, a :class:`Http1Pool`: the proxy's requests without a body (``GET``,
   ``HEAD``, ...; most of ComfyUI's traffic). It speaks HTTP/1.1 keep-alive with aiohttp's own
   protocol, parser and writer, minus the per-request machinery of ``ClientSession`` (URL
@@ -58,6 +58,7 @@ class Backend:
             sock_read=server.timeouts.read,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._ws_session: aiohttp.ClientSession | None = None
         self._http: Http1Pool | None = None
         base_path = self.base_url.raw_path.rstrip("/")
         self._target_prefix = base_path
@@ -86,6 +87,25 @@ class Backend:
             kept.append("token=" + _quote_query(self.query_token))
             raw = path + "?" + "&".join(kept)
         return self._target_prefix + raw
+
+    @property
+    def ws_session(self) -> aiohttp.ClientSession:
+        """Return the session for upstream websockets: no ``max_connections`` cap.
+
+        A relayed websocket holds its connection for as long as the client stays, one per
+        client; counted against ``max_connections`` they would make the 101st browser tab wait
+        for a free slot (and fail after the connect timeout) and starve the session's HTTP
+        requests (``POST /prompt``) once that many tabs are open.
+        """
+        if self._ws_session is None or self._ws_session.closed:
+            self._ws_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False),
+                timeout=self.timeout,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
+            )
+        return self._ws_session
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -139,6 +159,8 @@ class Backend:
             self._http.close()
         if self._session is not None:
             await self._session.close()
+        if self._ws_session is not None:
+            await self._ws_session.close()
 
 
 def _quote_query(value: str) -> str:

@@ -307,7 +307,7 @@ class WsRelay:
             websocket=True,
         )
         try:
-            ws = await backend.session.ws_connect(
+            ws = await backend.ws_session.ws_connect(
                 backend.ws_url(self._upstream_path(bridge)),
                 headers=headers,
                 max_msg_size=settings.max_msg_size,
