@@ -52,6 +52,22 @@ RECOVERY: web.AppKey[JobRecovery] = web.AppKey("recovery", JobRecovery)
 STORE: web.AppKey[ConfigStore] = web.AppKey("store", ConfigStore)
 
 
+async def gateway_namespace_fallback(request: web.Request) -> web.Response:
+    """Answer 405 (with ``Allow``) for a known gateway path and method, else 404."""
+    allowed = sorted(
+        {
+            route.method
+            for resource in request.app.router.resources()
+            if resource.canonical == request.path
+            for route in resource
+            if route.method != "*"
+        }
+    )
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound(text=f"{request.path} is not a comfyui-gateway route")
+
+
 def admin_token(config: GatewayConfig) -> str | None:
     """Return the admin token in force (the environment override is already applied)."""
     token = config.admin.token
@@ -224,6 +240,9 @@ def create_app(
     add_health_routes(app)
     setup_dashboard(app)
     app.router.add_get("/metrics", metrics_handler(metrics))
+    # The gateway's namespace is never forwarded: what its routes do not answer is its own
+    # 404 or 405, not ComfyUI's.
+    app.router.add_route("*", "/gateway/{tail:.*}", gateway_namespace_fallback)
     app.router.add_route("*", "/{tail:.*}", proxy)
     return app
 

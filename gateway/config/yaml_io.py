@@ -79,7 +79,11 @@ def read_document(text: str) -> YamlDocument:
 
 
 def _read_yaml(text: str) -> YamlDocument:
-    loader = yaml.SafeLoader(text)
+    try:
+        # The constructor already scans the text for characters YAML does not allow.
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(text, exc) from None
     walker = _LineWalker()
     try:
         node = loader.get_single_node()
@@ -89,11 +93,23 @@ def _read_yaml(text: str) -> YamlDocument:
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         raise YamlSyntaxError(_describe(exc), _line(exc)) from None
-    except yaml.YAMLError as exc:  # e.g. a reader error on a control character without a mark
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(text, exc) from None
+    except yaml.YAMLError as exc:
         raise YamlSyntaxError(str(exc), None) from None
     finally:
         loader.dispose()
     return YamlDocument(data, walker.lines, tuple(walker.duplicates))
+
+
+def _reader_error(text: str, exc: yaml.reader.ReaderError) -> YamlSyntaxError:
+    """Locate a character YAML refuses (control characters, U+FFFE...) by line."""
+    position = exc.position if isinstance(exc.position, int) else 0
+    line = text.count("\n", 0, position) + 1
+    character = exc.character
+    code = ord(character) if isinstance(character, str) else character
+    shown = f"U+{code:04X}" if isinstance(code, int) else repr(character)
+    return YamlSyntaxError(f"character {shown} is not allowed in YAML ({exc.reason})", line)
 
 
 def _describe(exc: yaml.MarkedYAMLError) -> str:
@@ -155,6 +171,20 @@ class _BlockDumper(yaml.SafeDumper):
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # YAML reads NEL and the Unicode line/paragraph separators as line breaks (folding them to
+    # a space) unless they are escaped, which only the double-quoted style does.
+    if any(ch in value for ch in _LINE_BREAKS):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style='"')
+    return dumper.represent_str(value)
+
+
+_BlockDumper.add_representer(str, _represent_str)
 
 
 def dump_yaml(data: Any) -> str:

@@ -1,11 +1,11 @@
-"""Deterministic reproductions of loader and saver bugs the property tests found (issue 8 §2b).
+"""Regression tests for loader and saver bugs the property tests found (issue 8 §2b), now fixed.
 
 A control character YAML does not allow (``\\x00``-``\\x08``, ``\\x0b``, ``\\x0c``,
 ``\\x0e``-``\\x1f``, ``\\x7f``...) anywhere in a config escapes the loader as
 ``yaml.reader.ReaderError`` instead of a located ``ConfigError``: ``check-config`` and ``run``
 print a traceback and exit 1 (not 2), and ``PUT /gateway/api/config`` answers 500.
-Cause: ``gateway/config/yaml_io.py`` ``_read_yaml`` builds ``yaml.SafeLoader(text)`` (whose
-constructor checks the characters) before its ``try``.
+Cause (fixed): ``gateway/config/yaml_io.py`` ``_read_yaml`` built ``yaml.SafeLoader(text)``
+(whose constructor checks the characters) before its ``try``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,7 @@ import pytest
 from gateway.config.loader import ConfigError, parse_config
 from tests.security.gateway_proc import GatewayProcess, child_env, gateway_command
 
-BUG = (
-    "bug: gateway/config/yaml_io.py _read_yaml creates yaml.SafeLoader(text) outside its try, "
-    "so a control character raises yaml.reader.ReaderError instead of ConfigError"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=BUG)
 @pytest.mark.parametrize("char", ["\x00", "\x07", "\x1f", "\x7f", "\ufffe"])
 def test_a_control_character_is_a_located_config_error(char):
     with pytest.raises(ConfigError) as raised:
@@ -31,8 +25,8 @@ def test_a_control_character_is_a_located_config_error(char):
     assert raised.value.problems[0].line == 2
 
 
-@pytest.mark.xfail(strict=True, reason=BUG + " (admin import answers 500)")
-async def test_importing_a_control_character_is_a_422(file_gateway):
+async def test_importing_a_control_character_is_a_located_400(file_gateway):
+    """Malformed YAML is a 400 problem (like any malformed body), located, never a 500."""
     client, _ = await file_gateway(
         {"servers": [{"id": "x", "url": "http://127.0.0.1:9"}], "admin": {"token": "t0k3n-xyz"}}
     )
@@ -41,10 +35,10 @@ async def test_importing_a_control_character_is_a_422(file_gateway):
         data=b"servers: []\n\x1f\n",
         headers={"Authorization": "Bearer t0k3n-xyz", "Content-Type": "application/yaml"},
     )
-    assert resp.status == 422, await resp.text()
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["errors"][0]["line"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason=BUG + " (check-config exits 1 with a traceback)")
 async def test_check_config_reports_a_control_character_with_exit_code_2(tmp_path):
     gw = GatewayProcess(tmp_path, "servers: []\n\x1f\n", args=())
     proc = await asyncio.create_subprocess_exec(
@@ -61,12 +55,6 @@ async def test_check_config_reports_a_control_character_with_exit_code_2(tmp_pat
     assert "Traceback" not in err.decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: gateway/config/yaml_io.py dump_yaml (allow_unicode=True) writes NEL (U+0085) raw "
-    "in a quoted scalar; YAML reads them as line breaks and folds them to a space, so a server "
-    "name (or secret) holding one changes after a save and a reload",
-)
 @pytest.mark.parametrize("char", ["\x85"])
 def test_a_name_with_a_unicode_line_break_survives_save_and_reload(char):
     from gateway.config.models import GatewayConfig
