@@ -53,6 +53,16 @@ class ServerCreate(ServerConfig):
     omitted name is the id; at least one of them is required.
     """
 
+    # The schema states what the validator below enforces: an id or a name (not null).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["id"], "properties": {"id": {"type": "string"}}},
+                {"required": ["name"], "properties": {"name": {"type": "string"}}},
+            ]
+        }
+    )
+
     id: ServerId | None = None  # type: ignore[assignment]
     name: str | None = Field(  # type: ignore[assignment]
         None, min_length=1, max_length=200, description="Display name (default: the id)."
