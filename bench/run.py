@@ -85,8 +85,7 @@ PROMPT = {
 def gateway_config(servers: Sequence[tuple[str, str]], *, max_connections: int = 100) -> str:
     """Return a gateway YAML config for ``servers`` ((id, url), the first preferred).
 
-    Everything else is the default (health checks every 2 s, timeout 2 s, fall 3, ...), except
-    where the caller raises ``max_connections`` (see the memory scenario).
+    Everything else is the default (health checks every 2 s, timeout 2 s, fall 3, ...).
     """
     lines = ["listen: {host: 127.0.0.1, port: 0}", "servers:"]
     for i, (server_id, url) in enumerate(servers):
@@ -378,12 +377,7 @@ class Bench:
         """Start the backend and the three ways to reach it."""
         self.log("starting the simulated backend, the gateway, nginx and the minimal proxy")
         backend = self.backend = self.procs.backend("backend", self.workdir / "backend-data")
-        # 1,000 idle websockets each hold an upstream connection of the backend's pool: let
-        # the pool hold them (the default, 100, would queue the 101st socket).
-        max_conn = 2048 if "memory" in scenarios else 100
-        gateway = self.procs.gateway(
-            "gateway", gateway_config([("backend", backend.url)], max_connections=max_conn)
-        )
+        gateway = self.procs.gateway("gateway", gateway_config([("backend", backend.url)]))
         nginx_port = free_port()
         nginx_prefix = self.workdir / "nginx"
         conf = nginx_config(nginx_prefix, [nginx_server_block("comfy", nginx_port, [backend.url])])
@@ -573,42 +567,68 @@ class Bench:
                 self.procs.stop(proc)
 
     def memory(self) -> None:
-        """RSS with 1,000 idle websocket clients, each with its upstream socket."""
-        assert self.backend is not None
+        """RSS with 1,000 idle websocket clients, each with its upstream socket.
+
+        Each run starts its own backend, gateway and nginx: a process that already held 1,000
+        sockets keeps the freed memory (Python's allocator, glibc's heap) and would hide the
+        next 1,000. Each target first opens and closes a few websockets (lazy imports,
+        pools), then RSS is read before and with the 1,000 clients connected.
+        """
         for run in range(self.runs):
             self.log(f"{IDLE_WS} idle websockets, run {run + 1}/{self.runs}")
-            for target in self.targets:
-                if target.name == "minimal":
-                    continue  # no websocket support
-                proc = target.proc or self.backend
-                before = proc.rss()
-                client = self.procs.spawn(
-                    f"idle-ws-{target.name}",
-                    [
-                        sys.executable,
-                        str(BENCH / "clients.py"),
-                        "idle-ws",
-                        target.url.replace("http://", "ws://") + "/ws",
-                        str(IDLE_WS),
-                    ],
-                )
-                try:
-                    deadline = time.monotonic() + 120
-                    while not re.search(r"^OPEN \d+", client.log.read_text(errors="replace"), re.M):
-                        if client.popen.poll() is not None or time.monotonic() > deadline:
-                            raise BenchError(f"idle websockets failed:\n{client.tail()}")
-                        time.sleep(0.1)
-                    time.sleep(1.0)  # greetings sent, buffers settled
-                    after = proc.rss()
-                finally:
-                    self.procs.stop(client)
-                self.results.row(
-                    "memory", f"per idle websocket ({IDLE_WS} clients)", "KB", False
-                ).add(target.name, (after - before) / IDLE_WS / 1e3)
-                self.results.row("memory", f"RSS with {IDLE_WS} idle websockets", "MB", False).add(
-                    target.name, after / 1e6
-                )
-                time.sleep(1.0)  # let the upstream sockets close
+            tag = f"mem-{run}"
+            backend = self.procs.backend(f"{tag}-backend", self.workdir / tag / "data")
+            gateway = self.procs.gateway(f"{tag}-gateway", gateway_config([("b", backend.url)]))
+            port = free_port()
+            conf = nginx_config(
+                self.workdir / f"{tag}-nginx", [nginx_server_block("mem", port, [backend.url])]
+            )
+            nginx = self.procs.nginx(f"{tag}-nginx", conf)
+            try:
+                for target in (
+                    Target("direct", backend.url, backend),
+                    Target("gateway", gateway.url, gateway),
+                    Target("nginx", nginx.url, nginx),
+                ):
+                    assert target.proc is not None
+                    self._idle_websockets(target.url, 20, f"{tag}-warm-{target.name}")
+                    time.sleep(1.0)
+                    before = target.proc.rss()
+                    after = self._idle_websockets(
+                        target.url, IDLE_WS, f"{tag}-idle-{target.name}", target.proc
+                    )
+                    self.results.row(
+                        "memory", f"per idle websocket ({IDLE_WS} clients)", "KB", False
+                    ).add(target.name, (after - before) / IDLE_WS / 1e3)
+                    self.results.row(
+                        "memory", f"RSS with {IDLE_WS} idle websockets", "MB", False
+                    ).add(target.name, after / 1e6)
+            finally:
+                for proc in (nginx, gateway, backend):
+                    self.procs.stop(proc)
+
+    def _idle_websockets(self, url: str, count: int, name: str, measure: Proc | None = None) -> int:
+        """Hold ``count`` idle websockets open; return ``measure``'s RSS while they are."""
+        client = self.procs.spawn(
+            name,
+            [
+                sys.executable,
+                str(BENCH / "clients.py"),
+                "idle-ws",
+                url.replace("http://", "ws://") + "/ws",
+                str(count),
+            ],
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not re.search(r"^OPEN \d+", client.log.read_text(errors="replace"), re.M):
+                if client.popen.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"idle websockets failed:\n{client.tail()}")
+                time.sleep(0.1)
+            time.sleep(1.0)  # greetings sent, buffers settled
+            return measure.rss() if measure is not None else 0
+        finally:
+            self.procs.stop(client)
 
     def failover(self) -> None:
         """Kill (refused) or freeze (hung) the active backend under an idempotent GET load."""
