@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.config.models import GatewayConfig, default_config
+from gateway.config.models import GatewayConfig, default_config, exposure_problem
 
 if TYPE_CHECKING:
     from gateway.config.store import ConfigStore
@@ -179,7 +178,7 @@ def run(path: Path | None, host: str | None, port: int | None) -> int:
         return 2
     config = store.config
     listen = config.listen
-    problem = remote_admin_problem(config)
+    problem = exposure_problem(config)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -206,28 +205,6 @@ def run(path: Path | None, host: str | None, port: int | None) -> int:
         access_log_class=AccessLogger,
     )
     return 0
-
-
-def remote_admin_problem(config: GatewayConfig) -> str | None:
-    """Return why the gateway must not start (admin API exposed without a token), or None."""
-    if config.admin.token is not None or config.admin.allow_remote_without_token:
-        return None
-    if is_loopback(config.listen.host):
-        return None
-    return (
-        f"refusing to listen on {config.listen.host} without an admin token: set admin.token "
-        "(or COMFYUI_GATEWAY_ADMIN_TOKEN), or admin.allow_remote_without_token: true"
-    )
-
-
-def is_loopback(host: str) -> bool:
-    """Return True when ``host`` only reaches this machine."""
-    if host in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _install_uvloop() -> None:

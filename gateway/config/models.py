@@ -23,6 +23,7 @@ Rules enforced here (so that no other module has to re-check them):
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -401,6 +402,33 @@ class GatewayConfig(_Model):
     def server(self, server_id: str) -> ServerConfig | None:
         """Return the server with this id, or None."""
         return next((s for s in self.servers if s.id == server_id), None)
+
+
+def is_loopback(host: str) -> bool:
+    """Return True when a listen address only reaches this machine."""
+    if host in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problem(config: GatewayConfig) -> str | None:
+    """Return why ``config`` must not be in force (admin API exposed without a token), or None.
+
+    Checked at start-up and on every change (admin API, import, hand edit): a configuration
+    that listens beyond loopback without an admin token would open every admin write to the
+    network.
+    """
+    if config.admin.token is not None or config.admin.allow_remote_without_token:
+        return None
+    if is_loopback(config.listen.host):
+        return None
+    return (
+        f"refusing to listen on {config.listen.host} without an admin token: set admin.token "
+        "(or COMFYUI_GATEWAY_ADMIN_TOKEN), or admin.allow_remote_without_token: true"
+    )
 
 
 def default_config() -> GatewayConfig:

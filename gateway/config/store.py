@@ -56,7 +56,7 @@ from gateway.config.loader import (
     parse_document,
     validate_document,
 )
-from gateway.config.models import GatewayConfig
+from gateway.config.models import GatewayConfig, exposure_problem
 from gateway.config.yaml_io import dump_yaml
 from gateway.tasks import spawn
 
@@ -331,6 +331,8 @@ class ConfigStore:
                 return current
             to_save = _rebase(new, current, self._file_config)
             to_save = GatewayConfig.model_validate(to_save.model_dump())
+            if problem := exposure_problem(self._overrides(to_save)):
+                raise ValueError(problem)
             if self.path is None:
                 self._note_memory_only()
             else:
@@ -424,9 +426,17 @@ class ConfigStore:
                 problems=exc.lines(),
             )
             return _Sync.INVALID
+        effective = self._overrides(file_config)
+        if problem := exposure_problem(effective):
+            self._signature = signature
+            _log.error(
+                "config file refused: keeping the running configuration",
+                path=source,
+                problems=[problem],
+            )
+            return _Sync.INVALID
         self._digest, self._signature = digest, signature
         self._file_config = file_config
-        effective = self._overrides(file_config)
         if effective == self._config:
             return _Sync.UNCHANGED
         self._config = effective

@@ -155,7 +155,15 @@ async def _get_json(
         allow_redirects=False,
         timeout=aiohttp.ClientTimeout(total=limit),
     ) as resp:
-        raw = await resp.content.read(MAX_BODY)
+        # Read to the end (bounded): one read() returns only what arrived first.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > MAX_BODY:
+                return resp.status, None
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:

@@ -466,13 +466,6 @@ async def test_invalid_websocket_frames_close_the_socket_cleanly(gateway, case):
 # -- what backends send back ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: gateway/health/checker.py _get_json reads a probe answer with "
-    "resp.content.read(MAX_BODY), which returns the first chunk that arrived: a /system_stats "
-    "sent in pieces is not JSON to the checker, so version, devices and the identity used for "
-    "restart detection are dropped for that probe",
-)
 async def test_a_probe_answer_sent_in_pieces_is_read_whole(start_app, file_gateway):
     from aiohttp import web
 

@@ -1,28 +1,19 @@
 """The "no remote admin API without a token" rule must hold at runtime too, not only at startup.
 
 ``comfyui-gateway`` refuses to start on a non-loopback address without an admin token
-(``gateway/cli.py`` ``remote_admin_problem``). An admin import (``PUT /gateway/api/config``)
-whose file carries ``admin: {}`` removes the token of a running gateway that listens on such an
-address: from then on anyone on the network may change the configuration, until the next
-restart refuses to start.
+(``gateway/config/models.py`` ``exposure_problem``). An admin import (``PUT /gateway/api/config``)
+whose file carries ``admin: {}`` would remove the token of a running gateway that listens on
+such an address, opening every admin write to the network: the config store refuses such a
+change (422) and such a hand edit, like an invalid one.
 """
 
 from __future__ import annotations
-
-import pytest
 
 TOKEN = "exposure-admin-token-81c2"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SERVERS = [{"id": "a", "name": "A", "url": "http://127.0.0.1:9"}]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: PUT /gateway/api/config (mode=replace) with 'admin: {}' drops admin.token while "
-    "listen.host is non-loopback, opening every admin write to the network; the startup refusal "
-    "(gateway/cli.py remote_admin_problem) is not applied to runtime changes "
-    "(gateway/admin/changes.py import_config)",
-)
 async def test_an_import_cannot_remove_the_token_of_a_remote_listener(file_gateway):
     client, _ = await file_gateway(
         {"servers": SERVERS, "listen": {"host": "0.0.0.0"}, "admin": {"token": TOKEN}}
