@@ -259,9 +259,13 @@ class ComfyRouter:
         result = await self.submit(body, request=request, prefer=preferred)
         return result
 
-    def _next_backend(self, tried: set[str], prefer: list[str] | None = None) -> Backend | None:
-        """Return the next backend to try: ``prefer`` first, then the routing candidates."""
+    def _next_backend(
+        self, tried: set[str], prefer: list[str] | None = None, last: frozenset[str] = frozenset()
+    ) -> Backend | None:
+        """Return the next backend to try: ``prefer`` first, then the routing candidates;
+        those in ``last`` only when nothing else is left."""
         order = [*(prefer or ()), *self._candidates(frozenset(tried))]
+        order = [s for s in order if s not in last] + [s for s in order if s in last]
         return next(
             (b for s in order if s not in tried and (b := self._backend(s)) is not None), None
         )
@@ -291,8 +295,11 @@ class ComfyRouter:
         client_id = body.get("client_id") if isinstance(body.get("client_id"), str) else None
         tried: set[str] = set(exclude)
         last_error = "no ComfyUI backend is available"
+        # A re-run goes preferably where the prompt never was: a backend it left may still hold
+        # a copy, and two runs of one prompt_id on one backend cannot be told apart.
+        visited = frozenset(rerun.previous_backends) | {rerun.backend} if rerun else frozenset()
         while True:
-            backend = self._next_backend(tried, prefer)
+            backend = self._next_backend(tried, prefer, visited)
             if backend is None:
                 status = 503 if not tried - exclude else 502
                 return error_response(
@@ -301,6 +308,9 @@ class ComfyRouter:
                     last_error,
                 )
             tried.add(backend.id)
+            if rerun is not None and not await self._clear_of_copies(rerun, backend):
+                last_error = f"backend {backend.id!r} still holds an earlier copy of the prompt"
+                continue
             # The client's socket there stays open until the prompt is recorded (or refused):
             # a serving change in between must not close it, or the prompt's events are lost.
             with self.relay.pinned(client_id, backend.id):
@@ -353,6 +363,12 @@ class ComfyRouter:
 
     async def cancel_copy(self, backend: Backend, prompt_id: str) -> bool:
         """Delete a prompt from a backend's queue and interrupt it if it runs there."""
+        if not await self._cancel(backend, prompt_id):
+            return False
+        self.events.publish("prompt.copy_cancelled", prompt_id=prompt_id, server=backend.id)
+        return True
+
+    async def _cancel(self, backend: Backend, prompt_id: str) -> bool:
         try:
             for path, body in (
                 ("/queue", {"delete": [prompt_id]}),
@@ -361,8 +377,33 @@ class ComfyRouter:
                 await self._call(backend, "POST", path, json_body=body, timeout=FANOUT_TIMEOUT)
         except (aiohttp.ClientError, AmbiguousFailure, TimeoutError):
             return False
-        self.events.publish("prompt.copy_cancelled", prompt_id=prompt_id, server=backend.id)
         return True
+
+    async def _clear_of_copies(self, record: PromptRecord, backend: Backend) -> bool:
+        """Before a re-run goes to ``backend``: make sure no earlier copy of it is still there.
+
+        A backend the prompt left may still queue or run it (frozen, then thawed): its copy is
+        cancelled and the re-run goes there only once its queue no longer shows the prompt
+        (ComfyUI events carry the prompt_id only, so two runs there would look like one).
+        """
+        if backend.id not in record.cancel_pending and backend.id not in record.previous_backends:
+            return True
+        pending = backend.id in record.cancel_pending
+        if not await (self.cancel_copy if pending else self._cancel)(backend, record.prompt_id):
+            return False
+        record.cancel_pending.discard(backend.id)
+        try:
+            queue = await self._call(backend, "GET", "/queue", timeout=FANOUT_TIMEOUT)
+        except (aiohttp.ClientError, AmbiguousFailure):
+            return False
+        data = queue.json() if queue.status == 200 else None
+        if not isinstance(data, dict):
+            return False
+        return not any(
+            isinstance(item, list) and len(item) > 1 and item[1] == record.prompt_id
+            for key in ("queue_running", "queue_pending")
+            for item in data.get(key, [])
+        )
 
     def _accepted(
         self, prompt_id: str, backend: str, client_id: str | None, body: dict[str, Any]

@@ -136,6 +136,7 @@ class JobTracker:
             if record.backend != backend:
                 record.previous_backends.append(record.backend)
                 record.cancel_pending.add(record.backend)
+            record.cancel_pending.discard(backend)  # its new home: never cancelled there
             record.backend = backend
             record.attempts += 1
             record.state = PromptState.QUEUED
@@ -180,7 +181,9 @@ class JobTracker:
 
     def stale_copies(self, backend: str) -> list[PromptRecord]:
         """Return prompts moved away from ``backend`` whose copy there must be cancelled."""
-        return [r for r in self.prompts.values() if backend in r.cancel_pending]
+        return [
+            r for r in self.prompts.values() if backend in r.cancel_pending and r.backend != backend
+        ]
 
     # -- files -----------------------------------------------------------------------
 

@@ -625,6 +625,8 @@ class ChaosReport:
     prompts_accepted: int = 0
     prompts_completed: int = 0
     prompts_lost: list[str] = field(default_factory=list)
+    not_successful: list[str] = field(default_factory=list)
+    """Accepted prompts whose terminal event was not ``execution_success`` (or none came)."""
     delivered_twice: list[str] = field(default_factory=list)
     missing_terminal: list[str] = field(default_factory=list)
     misdelivered: int = 0
@@ -675,6 +677,10 @@ class ChaosReport:
                 out.append(text)
 
         check(not self.prompts_lost, f"prompts lost or failed: {self.prompts_lost[:10]}")
+        check(
+            not self.not_successful,
+            f"prompts that did not end with execution_success: {self.not_successful[:10]}",
+        )
         check(not self.refused, f"prompts refused by the gateway: {self.refused[:5]}")
         check(not self.delivered_twice, f"delivered more than once: {self.delivered_twice[:10]}")
         check(not self.missing_terminal, f"no terminal event: {self.missing_terminal[:10]}")
@@ -922,6 +928,8 @@ class ChaosRun:
                 ok = run.terminals == ["execution_success"] and run.executing_null == 1
                 if run.terminals.count("execution_success") == 1:
                     report.prompts_completed += 1
+                if "execution_success" not in run.terminals:
+                    report.not_successful.append(f"{run.prompt_id}: {run.terminals}")
                 if "execution_error" in run.terminals or not run.done.is_set():
                     report.prompts_lost.append(f"{run.prompt_id}: {run.error_messages[:1]}")
                 if len(run.terminals) > 1 or run.executing_null > 1:
@@ -962,6 +970,7 @@ class ChaosRun:
             text.split(":", 1)[0]
             for text in (
                 report.prompts_lost
+                + report.not_successful
                 + report.delivered_twice
                 + report.duplicated
                 + report.image_failures

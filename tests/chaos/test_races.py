@@ -19,6 +19,7 @@ from gateway.app import JOBS, WS_RELAY
 from gateway.keys import REGISTRY
 from gateway.tasks import spawn
 from gateway.testing import FAKE_STATE, FakeComfyOptions, create_fake_comfy_app, example_prompt
+from tests.chaos.chaos_engine import sim_state as _sim_state
 from tests.conftest import wait_for_state
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -194,5 +195,50 @@ async def test_serving_change_while_a_prompt_is_being_submitted_keeps_its_socket
     resp = await posting
     assert resp.status == 200, await resp.text()
     await client.wait(lambda: client.ends(prompt_id) == 1, timeout=10)
+    assert client.count("execution_success", prompt_id) == 1
+    await client.close()
+
+
+async def test_a_prompt_moved_back_to_a_thawed_backend_is_not_cancelled_there(
+    backend_process, make_gateway
+):
+    """A prompt leaves a frozen backend A for B; B dies while A is still frozen; A thaws and is
+    the only backend left, so the prompt goes back to A. The cancellation of the stale copy on
+    A must not hit the prompt's new run there, and the two runs of one prompt_id on A must not
+    both reach the client: it gets exactly one execution_success."""
+    a = await backend_process("a", job_duration=2.0, steps=20)
+    b = await backend_process("b", job_duration=2.0, steps=20)
+    gw = await make_gateway([a.url, b.url], health={"timeout": 0.3})
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.is_up("b0") and registry.is_up("b1"))
+    client = WsClient(gw)
+    await client.connect()
+    prompt_id = uuid.uuid4().hex
+    body = {"prompt": example_prompt("back"), "client_id": client.client_id, "prompt_id": prompt_id}
+    assert (await gw.post("/prompt", json=body)).status == 200
+    await client.wait(lambda: client.count("execution_start", prompt_id) == 1)
+    a.freeze()  # moved to b
+    await client.wait(lambda: client.count("execution_start", prompt_id) == 2)
+    assert gw.app[JOBS].tracker.owner(prompt_id) == "b1"
+    await b.kill()  # and b dies while a is still frozen: nowhere to go
+    await wait_for_state(registry, lambda: registry.status("b1").state.value == "down")
+    a.thaw()  # a is back, the only backend: the prompt returns there
+    await client.wait(lambda: client.ends(prompt_id) >= 1, timeout=30)
+    terminal = [
+        e["type"]
+        for e in client.events
+        if e["type"] in ("execution_success", "execution_error", "execution_interrupted")
+        and e["data"].get("prompt_id") == prompt_id
+    ]
+    assert terminal == ["execution_success"], terminal
+    # Nothing else arrives for it once every copy on a has run or been cancelled.
+    async with aiohttp.ClientSession() as session:
+        async with asyncio.timeout(20):
+            while True:
+                state = await _sim_state(session, a.url)
+                if prompt_id not in state["queue"]["running"] + state["queue"]["pending"]:
+                    break
+                await asyncio.sleep(0.1)  # bounded polling of another process
+    assert client.ends(prompt_id) == 1
     assert client.count("execution_success", prompt_id) == 1
     await client.close()
