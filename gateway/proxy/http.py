@@ -7,9 +7,13 @@ Contract of :meth:`HttpForwarder.forward`:
 * the raw, still percent-encoded path and query reach the backend byte for byte;
 * headers follow :mod:`gateway.proxy.headers`;
 * a body larger than ``proxy.max_body_size`` is refused with 413 before anything is sent;
-* a refused connection (nothing was sent yet) is retried on the next backend ``pick`` offers;
-  nothing else is ever retried, because ``POST /prompt`` is not idempotent (below this layer,
-  the upstream pools resend an idempotent request once when its connection closed before any
+* a refused or timed-out connection (nothing was sent yet) is retried on the next backend
+  ``pick`` offers; so is an idempotent request without a body (``GET``, ``HEAD``, ...) that has
+  waited more than ``RESCUE_AFTER`` seconds for an answer from a backend ``pick`` no longer
+  offers first (it was found down, or traffic moved away from it): like nginx's
+  ``proxy_next_upstream``, a hung backend costs such requests time, not an error. Nothing
+  else is ever retried, because ``POST /prompt`` is not idempotent (below this layer, the
+  upstream pools resend an idempotent request once when its connection closed before any
   answer, as aiohttp's client does);
 * upstream failures answer JSON naming the backend and the cause: connect error and reset 502,
   timeout 504, no backend at all 503. A failure after the answer started aborts the connection;
@@ -19,6 +23,7 @@ Contract of :meth:`HttpForwarder.forward`:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -30,10 +35,15 @@ from multidict import CIMultiDict
 from gateway.keys import BACKEND_USED, REQUEST_ID, TRAFFIC_REPORTED
 from gateway.proxy.headers import client_response_headers, upstream_request_headers
 from gateway.proxy.observer import TrafficObserver, route_group
-from gateway.proxy.upstream import Backend, UpstreamResponse
+from gateway.proxy.upstream import IDEMPOTENT_METHODS, Backend, Ticket, UpstreamResponse
+from gateway.tasks import spawn
 
 SMALL_BODY = 256 * 1024
 CHUNK = 256 * 1024
+RESCUE_AFTER = 1.0
+"""Seconds an idempotent request waits for an answer before it may move to another backend."""
+RESCUE_EVERY = 0.5
+"""How often waiting requests are checked (only while there are some)."""
 
 PickBackend = Callable[[frozenset[str]], Backend | None]
 """Given the ids already tried, return the next backend to try, or None to give up."""
@@ -52,6 +62,21 @@ def error_response(
 
 class BodyTooLarge(Exception):
     """The client's streamed body exceeded the configured limit."""
+
+
+class MovedAway(Exception):
+    """An idempotent request stopped waiting for a backend that is no longer the first choice."""
+
+
+class _Rescue(Ticket):
+    """A waiting request the watchdog may move: its backend and the picker it came from."""
+
+    __slots__ = ("backend_id", "pick")
+
+    def __init__(self, since: float, backend_id: str, pick: PickBackend) -> None:
+        super().__init__(since)
+        self.backend_id = backend_id
+        self.pick = pick
 
 
 def _cause(exc: BaseException, kind: type[BodyTooLarge]) -> BodyTooLarge | None:
@@ -90,6 +115,8 @@ class HttpForwarder:
         self._all_down = all_down
         self._max_body_size = max_body_size
         self._trust_forwarded = trust_forwarded
+        self._waiting: set[_Rescue] = set()
+        self._watchdog: asyncio.Task[None] | None = None
 
     def upstream_headers(self, request: web.Request, backend: Backend) -> CIMultiDict[str]:
         """Return the headers for ``request`` as sent to ``backend``."""
@@ -137,7 +164,30 @@ class HttpForwarder:
         while (backend := pick(frozenset(tried))) is not None:
             tried.add(backend.id)
             try:
-                return await self._exchange(request, backend, raw, body, limit, group, started)
+                return await self._exchange(
+                    request, backend, raw, body, limit, group, started, pick
+                )
+            except MovedAway as exc:
+                # The backend was found down (or traffic left it) while this request waited:
+                # nothing came back, and the request is idempotent; try where traffic goes now.
+                backend_id, failure_cause = backend.id, str(exc)
+                failure = error_response(
+                    504,
+                    "upstream_timeout",
+                    f"backend {backend.id!r} did not answer and no other backend could",
+                    backend.id,
+                )
+                continue
+            except aiohttp.ConnectionTimeoutError as exc:
+                self.observer.upstream_failed(backend.id, "connect", repr(exc))
+                backend_id, failure_cause = backend.id, "connection timed out"
+                failure = error_response(
+                    504,
+                    "upstream_timeout",
+                    f"could not connect to backend {backend.id!r} in time",
+                    backend.id,
+                )
+                continue  # nothing was sent: safe to try the next backend
             except aiohttp.ClientConnectorError as exc:
                 self.observer.upstream_failed(backend.id, "connect", str(exc))
                 backend_id, failure_cause = backend.id, str(exc.os_error or exc)
@@ -223,14 +273,25 @@ class HttpForwarder:
         limit: int,
         group: str,
         started: float,
+        pick: PickBackend | None = None,
     ) -> web.StreamResponse:
         headers = self.upstream_headers(request, backend)
         if body is None and not request.body_exists:
             # Most of ComfyUI's traffic: the lean keep-alive pool (see gateway.proxy.upstream).
             headers["Host"] = backend.host_header
-            answer = await backend.http.request(
-                request.method, backend.target(raw_path_qs), headers
-            )
+            rescue = None
+            if pick is not None and request.method in IDEMPOTENT_METHODS:
+                rescue = _Rescue(time.monotonic(), backend.id, pick)
+                self._waiting.add(rescue)
+                if self._watchdog is None:
+                    self._watchdog = spawn(self._watch(), name="http-rescue-watchdog")
+            try:
+                answer = await backend.http.request(
+                    request.method, backend.target(raw_path_qs), headers, ticket=rescue
+                )
+            finally:
+                if rescue is not None:
+                    self._waiting.discard(rescue)
             try:
                 return await self._relay_response(request, backend, answer, group, started)
             finally:
@@ -259,6 +320,32 @@ class HttpForwarder:
             if too_large is not None:
                 raise too_large from exc
             raise
+
+    async def _watch(self) -> None:
+        """Move waiting idempotent requests off a backend that is no longer the first choice.
+
+        Runs only while requests wait on the lean pool; each check costs one ``pick`` per
+        request waiting longer than ``RESCUE_AFTER`` (none in normal operation).
+        """
+        try:
+            while self._waiting:
+                await asyncio.sleep(RESCUE_EVERY)
+                now = time.monotonic()
+                for rescue in list(self._waiting):
+                    if now - rescue.since < RESCUE_AFTER or not rescue.waiting:
+                        continue
+                    try:
+                        first = rescue.pick(frozenset())
+                    except Exception:  # a picker must not kill the watchdog
+                        continue
+                    if first is not None and first.id != rescue.backend_id:
+                        rescue.abandon(
+                            MovedAway(
+                                f"no answer from {rescue.backend_id!r}; moved to {first.id!r}"
+                            )
+                        )
+        finally:
+            self._watchdog = None
 
     async def _relay_response(
         self,

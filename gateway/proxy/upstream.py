@@ -263,19 +263,28 @@ class Http1Pool:
         self._closed = False
 
     async def request(
-        self, method: str, target: str, headers: CIMultiDict[str]
+        self,
+        method: str,
+        target: str,
+        headers: CIMultiDict[str],
+        *,
+        ticket: Ticket | None = None,
     ) -> UpstreamResponse:
         """Send a request without a body; return the answer once its headers arrived.
 
         Raises what ``ClientSession.request`` raises: ``ClientConnectorError`` (nothing was
         sent), ``ConnectionTimeoutError``, ``SocketTimeoutError``, ``ServerDisconnectedError``,
-        ``ClientOSError``. The caller must :meth:`UpstreamResponse.release` the answer.
+        ``ClientOSError``; and the exception given to :meth:`Ticket.abandon`, if the caller
+        gave up waiting. The caller must :meth:`UpstreamResponse.release` the answer.
         """
         loop = asyncio.get_running_loop()
         retry = method in IDEMPOTENT_METHODS
+        fresh = False
         while True:
-            proto = await self._acquire(loop)
+            proto = await self._acquire(loop, ticket, fresh=fresh)
             try:
+                if ticket is not None:
+                    ticket.waiting_on(proto)
                 proto.set_response_params(
                     read_timeout=self._read_timeout,
                     skip_payload=method == "HEAD",
@@ -289,16 +298,18 @@ class Http1Pool:
                 message, payload = await proto.read()
                 while 100 <= message.code < 200 and message.code != 101:
                     message, payload = await proto.read()  # 1xx interim answers: skipped
+                if ticket is not None:
+                    ticket.answered()
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 self._release(proto, reusable=False)
                 if retry:  # RFC 9112 §9.3.1, as ClientSession does
-                    retry = False
+                    retry, fresh = False, True
                     continue
                 raise exc
             except aiohttp.ClientConnectionResetError as exc:
                 self._release(proto, reusable=False)
                 if retry:
-                    retry = False
+                    retry, fresh = False, True
                     continue
                 raise aiohttp.ClientOSError(str(exc)) from exc
             except BaseException:
@@ -306,11 +317,18 @@ class Http1Pool:
                 raise
             return UpstreamResponse(self, proto, message, payload)
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+    async def _acquire(
+        self, loop: asyncio.AbstractEventLoop, ticket: Ticket | None, *, fresh: bool = False
+    ) -> ResponseHandler:
+        """Return a connection: a kept-alive one, or (``fresh``, or none idle) a new one.
+
+        A retry asks for a fresh one: when a backend dies, its other kept-alive connections
+        die with it, and the loop may not have noticed yet.
+        """
         while True:
             now = loop.time()
             idle = self._idle
-            while idle:
+            while idle and not fresh:
                 proto, since = idle.pop()  # the most recently used: the likeliest alive
                 if proto.is_connected() and not proto.should_close and now - since < KEEPALIVE:
                     self._in_use += 1
@@ -326,6 +344,8 @@ class Http1Pool:
                     raise
             waiter: asyncio.Future[None] = loop.create_future()
             self._waiters.append(waiter)
+            if ticket is not None:
+                ticket.waiting_on(waiter)
             try:
                 await waiter
             except BaseException:
@@ -379,6 +399,40 @@ class Http1Pool:
         self._closed = True
         while self._idle:
             self._idle.pop()[0].close()
+
+
+class Ticket:
+    """Lets the caller of :meth:`Http1Pool.request` give up while it still waits.
+
+    ``abandon(exc)`` makes the request raise ``exc`` if it is waiting for a free connection or
+    for its answer's headers (its connection is then closed, never reused); once the headers
+    arrived it does nothing. Cheap enough to create for every request.
+    """
+
+    __slots__ = ("_on", "since")
+
+    def __init__(self, since: float) -> None:
+        self.since = since
+        self._on: ResponseHandler | asyncio.Future[None] | None = None
+
+    def waiting_on(self, thing: ResponseHandler | asyncio.Future[None]) -> None:
+        """Record what the request waits on now (a pool slot or a connection's answer)."""
+        self._on = thing
+
+    def answered(self) -> None:
+        """The headers arrived: nothing can be abandoned any more."""
+        self._on = None
+
+    @property
+    def waiting(self) -> bool:
+        """Return True while the request has no answer yet."""
+        return self._on is not None
+
+    def abandon(self, exc: BaseException) -> None:
+        """Make the waiting request raise ``exc`` (no-op once answered)."""
+        on, self._on = self._on, None
+        if isinstance(on, ResponseHandler) or (on is not None and not on.done()):
+            on.set_exception(exc)
 
 
 class UpstreamResponse:

@@ -12,7 +12,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.config.models import ServerConfig
-from gateway.proxy.upstream import Backend
+from gateway.proxy.upstream import Backend, Ticket
+from gateway.tasks import spawn
 
 
 def backend_for(url: str, **extra: object) -> Backend:
@@ -217,3 +218,57 @@ def socket_closed_port():  # type: ignore[no-untyped-def]
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     yield port
+
+
+async def test_a_ticket_abandons_a_request_waiting_for_a_slot_or_an_answer(raw_server) -> None:  # type: ignore[no-untyped-def]
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(30)  # hung
+
+    port = await raw_server(handle)
+    backend = backend_for(f"http://127.0.0.1:{port}", max_connections=1)
+    loop = asyncio.get_running_loop()
+    answering, slot = Ticket(loop.time()), Ticket(loop.time())
+    first = spawn(backend.http.request("GET", "/a", headers(backend), ticket=answering), name="a")
+    second = spawn(backend.http.request("GET", "/b", headers(backend), ticket=slot), name="b")
+    await asyncio.sleep(0.2)
+    assert answering.waiting
+    assert slot.waiting
+    slot.abandon(LookupError("gave up waiting for a connection"))
+    answering.abandon(LookupError("gave up waiting for the answer"))
+    for task, message in ((second, "connection"), (first, "answer")):
+        with pytest.raises(LookupError, match=message):
+            await task
+    await backend.close()
+
+
+async def test_the_retry_opens_a_fresh_connection(raw_server) -> None:  # type: ignore[no-untyped-def]
+    """A dead backend kills every kept-alive connection: the retry must not take another."""
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        await asyncio.sleep(0.05)  # keep both first requests in flight together
+        writer.write(OK)
+        await writer.drain()
+        if connections <= 2:
+            await read_request(reader)
+            writer.close()  # "died" under the next request, without answering
+            return
+        while True:
+            await read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    port = await raw_server(handle)
+    backend = backend_for(f"http://127.0.0.1:{port}")
+
+    async def one() -> bytes:
+        return await (await backend.http.request("GET", "/x", headers(backend))).read()
+
+    assert await asyncio.gather(one(), one()) == [b"ok", b"ok"]  # two kept-alive connections
+    assert await one() == b"ok"
+    assert connections == 3
+    await backend.close()
