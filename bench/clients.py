@@ -135,22 +135,25 @@ async def pageload(base: str, connections: int) -> dict[str, float]:
 
 async def hammer(url: str, rate: float, seconds: float, timeout: float, out: Path) -> dict:
     """Issue open-loop GETs; write one JSON line per request; return a summary."""
-    records: list[tuple[float, float, str]] = []
+    records: list[tuple[float, float, str, str]] = []
     connector = aiohttp.TCPConnector(limit=0)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
     async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
 
         async def one() -> None:
             began = time.monotonic()
+            detail = ""
             try:
                 async with session.get(url) as resp:
-                    await resp.read()
+                    body = await resp.read()
                     outcome = str(resp.status)
+                    if resp.status != 200:
+                        detail = body[:300].decode(errors="replace")
             except TimeoutError:
                 outcome = "timeout"
             except aiohttp.ClientError as exc:
-                outcome = type(exc).__name__
-            records.append((began, time.monotonic(), outcome))
+                outcome, detail = type(exc).__name__, str(exc)
+            records.append((began, time.monotonic(), outcome, detail))
 
         start = time.monotonic()
         n = 0
@@ -164,8 +167,9 @@ async def hammer(url: str, rate: float, seconds: float, timeout: float, out: Pat
                     print("STARTED", flush=True)
                 n += 1
     with out.open("w", encoding="utf-8") as fh:
-        for began, ended, outcome in records:
-            fh.write(json.dumps({"start": began, "end": ended, "outcome": outcome}) + "\n")
+        for began, ended, outcome, detail in records:
+            line = {"start": began, "end": ended, "outcome": outcome, "detail": detail}
+            fh.write(json.dumps(line) + "\n")
     ok = sum(1 for r in records if r[2] == "200")
     return {"requests": len(records), "ok": ok, "failed": len(records) - ok}
 

@@ -8,13 +8,14 @@ Contract of :meth:`HttpForwarder.forward`:
 * headers follow :mod:`gateway.proxy.headers`;
 * a body larger than ``proxy.max_body_size`` is refused with 413 before anything is sent;
 * a refused or timed-out connection (nothing was sent yet) is retried on the next backend
-  ``pick`` offers; so is an idempotent request without a body (``GET``, ``HEAD``, ...) that has
-  waited more than ``RESCUE_AFTER`` seconds for an answer from a backend ``pick`` no longer
-  offers first (it was found down, or traffic moved away from it): like nginx's
-  ``proxy_next_upstream``, a hung backend costs such requests time, not an error. Nothing
-  else is ever retried, because ``POST /prompt`` is not idempotent (below this layer, the
-  upstream pools resend an idempotent request once when its connection closed before any
-  answer, as aiohttp's client does);
+  ``pick`` offers; so is an idempotent request without a body (``GET``, ``HEAD``, ...) that
+  got no answer at all: its connection closed or reset first (a backend killed under it), or
+  it waited more than ``RESCUE_AFTER`` seconds on a backend ``pick`` no longer offers first
+  (found down, or traffic moved away from it). Like nginx's ``proxy_next_upstream``, a dying
+  or hung backend costs such requests time, not an error. Nothing else is ever retried,
+  because ``POST /prompt`` is not idempotent (below this layer, the upstream pools resend an
+  idempotent request once when its connection closed before any answer, as aiohttp's client
+  does);
 * upstream failures answer JSON naming the backend and the cause: connect error and reset 502,
   timeout 504, no backend at all 503. A failure after the answer started aborts the connection;
 * a client that goes away cancels the handler (``handler_cancellation``), which closes the
@@ -66,6 +67,10 @@ class BodyTooLarge(Exception):
 
 class MovedAway(Exception):
     """An idempotent request stopped waiting for a backend that is no longer the first choice."""
+
+
+class NoAnswer(Exception):
+    """An idempotent request's connection closed or reset before any answer came back."""
 
 
 class _Rescue(Ticket):
@@ -167,6 +172,16 @@ class HttpForwarder:
                 return await self._exchange(
                     request, backend, raw, body, limit, group, started, pick
                 )
+            except NoAnswer as exc:
+                self.observer.upstream_failed(backend.id, "reset", str(exc))
+                backend_id, failure_cause = backend.id, str(exc)
+                failure = error_response(
+                    502,
+                    "upstream_reset",
+                    f"backend {backend.id!r} closed the connection: {exc}",
+                    backend.id,
+                )
+                continue  # idempotent and unanswered: safe to try the next backend
             except MovedAway as exc:
                 # The backend was found down (or traffic left it) while this request waited:
                 # nothing came back, and the request is idempotent; try where traffic goes now.
@@ -289,6 +304,12 @@ class HttpForwarder:
                 answer = await backend.http.request(
                     request.method, backend.target(raw_path_qs), headers, ticket=rescue
                 )
+            except aiohttp.ClientConnectorError:
+                raise
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if rescue is None:
+                    raise
+                raise NoAnswer(str(exc)) from exc  # idempotent, nothing came back: go on
             finally:
                 if rescue is not None:
                     self._waiting.discard(rescue)

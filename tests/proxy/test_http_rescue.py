@@ -72,3 +72,51 @@ async def test_non_idempotent_request_is_never_moved(
     assert resp.status == 504
     assert (await resp.json())["error"]["backend"] == "b0"
     assert seen_b == []
+
+
+async def test_unanswered_get_goes_to_the_next_backend_when_its_connection_is_reset(
+    start_app,  # type: ignore[no-untyped-def]
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    """A backend dying under a GET (connection closed before any answer): the next one answers."""
+    dropped: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith((b"GET /system_stats ", b"GET /prompt ")):  # health probes
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 2\r\n\r\n{}"
+                    )
+                    await writer.drain()
+                    continue
+                dropped.append(head.split(b"\r\n", 1)[0])
+                writer.transport.abort()  # reset, no answer
+                return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+
+    dying = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = dying.sockets[0].getsockname()[1]
+    seen_b: list[str] = []
+    b = await start_app(backend_app("b", asyncio.Event(), seen_b))
+    servers = [
+        {"id": "b0", "name": "a", "url": f"http://127.0.0.1:{port}", "priority": 0},
+        {"id": "b1", "name": "b", "url": server_url(b), "priority": 10},
+    ]
+    try:
+        gw = await make_gateway([], servers=servers, active="b0")
+        registry = gw.app[REGISTRY]
+        await wait_for_state(registry, lambda: registry.serving_id == "b0")
+        resp = await gw.get("/object_info")
+        assert resp.status == 200
+        assert (await resp.json())["backend"] == "b"
+        assert dropped == [b"GET /object_info HTTP/1.1"] * 2  # the pool's own retry, then b
+        post = await gw.post("/free")  # not idempotent: never sent twice, never moved
+        assert post.status == 502
+        assert dropped[2:] == [b"POST /free HTTP/1.1"]
+        assert seen_b == ["GET /object_info"]
+    finally:
+        dying.close()
