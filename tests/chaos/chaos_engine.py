@@ -589,7 +589,9 @@ class FaultInjector:
                 finally:
                     await sim_control(self.run.session, backend.url, delay_responses=0.0)
         except Exception as exc:
-            self.errors.append(f"{kind} on {server}: {exc!r}")
+            code = backend.process.returncode if backend.process else None
+            died = f" (its process had exited with {code}: killed from outside?)" if code else ""
+            self.errors.append(f"{kind} on {server}: {exc!r}{died}")
             if backend.process is None or backend.process.returncode is not None:
                 with contextlib.suppress(Exception):
                     await backend.start()
