@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -313,7 +313,7 @@ class ComfyRouter:
                 continue
             # The client's socket there stays open until the prompt is recorded (or refused):
             # a serving change in between must not close it, or the prompt's events are lost.
-            with self.relay.pinned(client_id, backend.id):
+            with self.relay.pinned(client_id, backend.id), self._incoming(rerun, backend.id):
                 await self.prepare_backend(backend, body, client_id)
                 try:
                     exchange = await self._call(
@@ -346,10 +346,24 @@ class ComfyRouter:
                     self._accepted(prompt_id, backend.id, client_id, body)
                 return self._relay(exchange)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _incoming(rerun: PromptRecord | None, backend_id: str) -> Iterator[None]:
+        """While a re-run is submitted to ``backend_id``, its events from there are its own: a
+        backend may run a prompt (and send every event of it) before its answer arrives."""
+        if rerun is None:
+            yield
+            return
+        rerun.incoming.add(backend_id)
+        try:
+            yield
+        finally:
+            rerun.incoming.discard(backend_id)
+
     async def _late_copy(self, rerun: PromptRecord | None, backend: Backend) -> web.Response | None:
         """Cancel a re-run copy accepted after its prompt finished; None when still wanted."""
-        if rerun is None or not rerun.finished:
-            return None
+        if rerun is None or not rerun.finished or rerun.backend == backend.id:
+            return None  # not a re-run, still wanted, or it finished right here
         if not await self.cancel_copy(backend, rerun.prompt_id):
             rerun.cancel_pending.add(backend.id)  # recovery retries when the backend answers
         return error_response(
@@ -778,8 +792,12 @@ class ComfyRouter:
         """
         data = message.get("data")
         if isinstance(data, dict) and isinstance(data.get("prompt_id"), str):
-            owner = self.tracker.owner(data["prompt_id"])
-            if owner is not None and owner != backend_id:
+            record = self.tracker.record(data["prompt_id"])
+            if (
+                record is not None
+                and record.backend != backend_id
+                and (backend_id not in record.incoming or record.finished)
+            ):
                 return DROP
         finished = self.tracker.observe_event(backend_id, message)
         if finished is not None:

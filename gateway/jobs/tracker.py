@@ -107,6 +107,10 @@ class PromptRecord:
     """Backends this prompt was moved away from (a copy may still sit there)."""
     cancel_pending: set[str] = field(default_factory=set)
     """Backends that may still hold a stale copy to cancel when they come back."""
+    incoming: set[str] = field(default_factory=set)
+    """Backends a re-run is being submitted to (its answer has not come back yet)."""
+    moved_early: str | None = None
+    """The backend the re-run's own events moved the prompt to before its answer came."""
 
     @property
     def finished(self) -> bool:
@@ -132,13 +136,11 @@ class JobTracker:
     ) -> PromptRecord:
         """Record a prompt the backend accepted."""
         record = self.prompts.get(prompt_id)
+        if record is not None and record.moved_early == backend:
+            record.moved_early = None  # its events already moved it here (maybe finished it)
+            return record
         if record is not None and not record.finished:
-            if record.backend != backend:
-                record.previous_backends.append(record.backend)
-                record.cancel_pending.add(record.backend)
-            record.cancel_pending.discard(backend)  # its new home: never cancelled there
-            record.backend = backend
-            record.attempts += 1
+            self._move(record, backend)
             record.state = PromptState.QUEUED
             return record
         record = PromptRecord(prompt_id, backend, client_id, body)
@@ -146,6 +148,15 @@ class JobTracker:
         if client_id:
             self.clients[client_id] = backend
         return record
+
+    @staticmethod
+    def _move(record: PromptRecord, backend: str) -> None:
+        if record.backend != backend:
+            record.previous_backends.append(record.backend)
+            record.cancel_pending.add(record.backend)
+        record.cancel_pending.discard(backend)  # its new home: never cancelled there
+        record.backend = backend
+        record.attempts += 1
 
     def owner(self, prompt_id: str) -> str | None:
         """Return the backend that owns a prompt, or None when unknown."""
@@ -206,8 +217,14 @@ class JobTracker:
         if not isinstance(prompt_id, str):
             return None
         record = self.prompts.get(prompt_id)
-        if record is None or record.backend != backend:
-            return None  # an event from a stale copy is not this prompt's truth
+        if record is None:
+            return None
+        if record.backend != backend:
+            if backend not in record.incoming or record.finished:
+                return None  # an event from a stale copy is not this prompt's truth
+            # A re-run's events came before the answer to its submission: it runs here now.
+            self._move(record, backend)
+            record.moved_early = backend
         kind = message.get("type")
         if kind == "execution_start":
             record.state = PromptState.RUNNING

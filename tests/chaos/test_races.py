@@ -218,10 +218,10 @@ async def test_a_prompt_moved_back_to_a_thawed_backend_is_not_cancelled_there(
     assert (await gw.post("/prompt", json=body)).status == 200
     await client.wait(lambda: client.count("execution_start", prompt_id) == 1)
     a.freeze()  # moved to b
-    await client.wait(lambda: client.count("execution_start", prompt_id) == 2)
+    await client.wait(lambda: client.count("execution_start", prompt_id) == 2, timeout=30)
     assert gw.app[JOBS].tracker.owner(prompt_id) == "b1"
     await b.kill()  # and b dies while a is still frozen: nowhere to go
-    await wait_for_state(registry, lambda: registry.status("b1").state.value == "down")
+    await wait_for_state(registry, lambda: registry.status("b1").state.value == "down", 30)
     a.thaw()  # a is back, the only backend: the prompt returns there
     await client.wait(lambda: client.ends(prompt_id) >= 1, timeout=30)
     terminal = [
@@ -241,4 +241,56 @@ async def test_a_prompt_moved_back_to_a_thawed_backend_is_not_cancelled_there(
                 await asyncio.sleep(0.1)  # bounded polling of another process
     assert client.ends(prompt_id) == 1
     assert client.count("execution_success", prompt_id) == 1
+    await client.close()
+
+
+class LateAnswer:
+    """Answer ``POST /prompt`` only once the prompt has run: its websocket events reach the
+    gateway before the answer that tells it where the prompt went (a loaded machine, or a
+    prompt ComfyUI serves from its cache in milliseconds)."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if request.method == "POST" and request.path == "/prompt" and response.status == 200:
+            prompt_id = json.loads(response.body)["prompt_id"]  # type: ignore[union-attr]
+            async with asyncio.timeout(10):
+                while True:  # the backend's own worker runs it meanwhile
+                    if prompt_id in self.state.history:
+                        break
+                    await asyncio.sleep(0.01)
+        return response
+
+
+async def test_events_of_a_rerun_that_arrive_before_its_answer_reach_the_client(
+    backend_process, make_gateway, start_app
+):
+    a = await backend_process("a", job_duration=3.0, steps=30)
+    late = LateAnswer()
+    app = create_fake_comfy_app(FakeComfyOptions(name="b", job_duration=0.05, steps=1))
+    app.middlewares.insert(0, late.middleware)
+    late.state = app[FAKE_STATE]
+    b = await start_app(app)
+    gw = await make_gateway([a.url, f"http://127.0.0.1:{b.port}"], health={"timeout": 0.3})
+    registry = gw.app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.is_up("b0") and registry.is_up("b1"))
+    client = WsClient(gw)
+    await client.connect()
+    prompt_id = uuid.uuid4().hex
+    body = {
+        "prompt": example_prompt("early"),
+        "client_id": client.client_id,
+        "prompt_id": prompt_id,
+    }
+    assert (await gw.post("/prompt", json=body)).status == 200
+    await client.wait(lambda: client.count("execution_start", prompt_id) == 1)
+    a.freeze()  # rescued to b, which runs it before answering the re-submission
+    try:
+        await client.wait(lambda: client.ends(prompt_id) == 1, timeout=20)
+        assert client.count("execution_success", prompt_id) == 1
+    finally:
+        a.thaw()
     await client.close()
