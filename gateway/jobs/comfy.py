@@ -313,7 +313,10 @@ class ComfyRouter:
                 continue
             # The client's socket there stays open until the prompt is recorded (or refused):
             # a serving change in between must not close it, or the prompt's events are lost.
-            with self.relay.pinned(client_id, backend.id), self._incoming(rerun, backend.id):
+            with (
+                self.relay.pinned(client_id, backend.id),
+                self._incoming(rerun, backend.id, earlier_copy=backend.id in visited),
+            ):
                 await self.prepare_backend(backend, body, client_id)
                 try:
                     exchange = await self._call(
@@ -348,17 +351,27 @@ class ComfyRouter:
 
     @staticmethod
     @contextlib.contextmanager
-    def _incoming(rerun: PromptRecord | None, backend_id: str) -> Iterator[None]:
+    def _incoming(
+        rerun: PromptRecord | None, backend_id: str, *, earlier_copy: bool
+    ) -> Iterator[None]:
         """While a re-run is submitted to ``backend_id``, its events from there are its own: a
-        backend may run a prompt (and send every event of it) before its answer arrives."""
+        backend may run a prompt (and send every event of it) before its answer arrives.
+
+        ``earlier_copy``: the backend ran the prompt before; its events count only from the
+        re-run's ``execution_start`` on (see ``PromptRecord.awaiting_start``).
+        """
         if rerun is None:
             yield
             return
         rerun.incoming.add(backend_id)
+        if earlier_copy:
+            rerun.awaiting_start.add(backend_id)
         try:
             yield
         finally:
             rerun.incoming.discard(backend_id)
+            if rerun.backend != backend_id:  # not placed there after all
+                rerun.awaiting_start.discard(backend_id)
 
     async def _late_copy(self, rerun: PromptRecord | None, backend: Backend) -> web.Response | None:
         """Cancel a re-run copy accepted after its prompt finished; None when still wanted."""
@@ -793,6 +806,10 @@ class ComfyRouter:
         data = message.get("data")
         if isinstance(data, dict) and isinstance(data.get("prompt_id"), str):
             record = self.tracker.record(data["prompt_id"])
+            if record is not None and backend_id in record.awaiting_start:
+                if message.get("type") != "execution_start":
+                    return DROP  # what an earlier copy there still had to say
+                record.awaiting_start.discard(backend_id)
             if (
                 record is not None
                 and record.backend != backend_id

@@ -111,6 +111,10 @@ class PromptRecord:
     """Backends a re-run is being submitted to (its answer has not come back yet)."""
     moved_early: str | None = None
     """The backend the re-run's own events moved the prompt to before its answer came."""
+    awaiting_start: set[str] = field(default_factory=set)
+    """Backends that ran an earlier copy and got a re-run: until the re-run's
+    ``execution_start`` arrives from there, the prompt's events from there are the earlier
+    copy's last words (ComfyUI sends a backend's messages in order)."""
 
     @property
     def finished(self) -> bool:
