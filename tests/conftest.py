@@ -83,3 +83,22 @@ async def wait_for_state(
                 await subscription.get()
     finally:
         subscription.close()
+
+
+@pytest.fixture
+async def backend_process(tmp_path: Any) -> Any:
+    """Return a factory of started backend processes; every one is stopped at teardown."""
+    from gateway.testing.processes import BackendProcess
+
+    started: list[BackendProcess] = []
+
+    async def start(name: str, **kwargs: Any) -> BackendProcess:
+        data_dir = tmp_path / name
+        data_dir.mkdir(exist_ok=True)
+        backend = BackendProcess(name, data_dir=data_dir, **kwargs)
+        started.append(backend)
+        return await backend.start()
+
+    yield start
+    for backend in started:
+        await backend.stop()

@@ -4,35 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
-
-from gateway.testing.processes import BackendProcess
-
-
-@pytest.fixture
-async def backend_process(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[..., Awaitable[BackendProcess]]]:
-    """Return a factory of started backend processes; every one is stopped at teardown."""
-    started: list[BackendProcess] = []
-
-    async def start(name: str, **kwargs: Any) -> BackendProcess:
-        data_dir = tmp_path / name
-        data_dir.mkdir(exist_ok=True)
-        backend = BackendProcess(name, data_dir=data_dir, **kwargs)
-        started.append(backend)
-        return await backend.start()
-
-    yield start
-    for backend in started:
-        await backend.stop()
 
 
 async def sim_state(url: str) -> dict[str, Any]:
