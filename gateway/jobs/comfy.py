@@ -117,6 +117,17 @@ class ComfyRouter:
 
     # -- dispatch ------------------------------------------------------------------------
 
+    def handles(self, method: str, path: str) -> bool:
+        """Return True when :meth:`__call__` may answer ``method path`` itself.
+
+        ``path`` is the decoded path. The socket-level fast lane asks this to leave such
+        requests to the full path (False means: plain forwarding to the serving backend).
+        """
+        bare = path[4:] if path.startswith("/api/") else path
+        return (method, bare) in self._routes or (
+            method == "GET" and bare.startswith("/history/")
+        )
+
     async def __call__(self, request: web.Request) -> web.StreamResponse | None:
         """Answer ``request`` if it depends on backend state; return None to forward it."""
         path = request.path

@@ -37,6 +37,15 @@ class TrafficObserver:
     def upstream_succeeded(self, backend: str) -> None:
         """Record a healthy exchange with a backend."""
 
+    def upstream_stalled(self, backend: str, waited: float) -> None:
+        """Record that a request to ``backend`` has waited ``waited`` seconds with no answer.
+
+        Reported (at most every half second per waiting request) by the data plane for
+        requests still waiting longer than the backend's health-check timeout: evidence that
+        the backend may be hung, for passive health to act on. Not a failure by itself (a slow
+        ``/object_info`` also waits).
+        """
+
     def ws_opened(self, side: WsSide, backend: str | None) -> None:
         """Record a websocket opened on one side of the relay."""
 
@@ -59,6 +68,7 @@ class ObserverChain(TrafficObserver):
         "request_finished",
         "upstream_failed",
         "upstream_succeeded",
+        "upstream_stalled",
         "ws_opened",
         "ws_closed",
         "ws_relayed",
