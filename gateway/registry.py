@@ -58,14 +58,23 @@ class ServerStatus:
         return data
 
 
+def _index(config: GatewayConfig) -> dict[str, ServerConfig]:
+    """Return the servers by id (the first one wins, as :meth:`GatewayConfig.server` does)."""
+    return {s.id: s for s in reversed(config.servers)}
+
+
 class ServerRegistry:
     """Current configuration, live statuses, and the preferred/serving choice."""
 
     def __init__(self, config: GatewayConfig, events: EventBus | None = None) -> None:
         self.events = events or EventBus()
         self._config = config
+        self._by_id: dict[str, ServerConfig] = _index(config)
         self._status: dict[str, ServerStatus] = {s.id: ServerStatus() for s in config.servers}
         self._serving: str | None = config.preferred_id
+        self._serving_config: ServerConfig | None = self._by_id.get(self._serving or "")
+        """The serving server's config, kept in step with ``_config`` and ``_serving`` (O(1)
+        look-up on every proxied request)."""
         self.serving_since = time.monotonic()
 
     # -- configuration ------------------------------------------------------------------
@@ -79,6 +88,8 @@ class ServerRegistry:
         """Replace the configuration (already validated and saved) and reconcile statuses."""
         old = self._config
         self._config = config
+        self._by_id = _index(config)
+        self._serving_config = self._by_id.get(self._serving or "")
         kept = {s.id for s in config.servers}
         for server_id in list(self._status):
             if server_id not in kept:
@@ -101,7 +112,7 @@ class ServerRegistry:
 
     def server(self, server_id: str | None) -> ServerConfig | None:
         """Return the server with this id, or None."""
-        return self._config.server(server_id) if server_id else None
+        return self._by_id.get(server_id) if server_id else None
 
     # -- status ---------------------------------------------------------------------------
 
@@ -154,8 +165,8 @@ class ServerRegistry:
 
     @property
     def serving(self) -> ServerConfig | None:
-        """Return the server traffic goes to now."""
-        return self.server(self._serving)
+        """Return the server traffic goes to now (None: none, or no longer configured)."""
+        return self._serving_config
 
     def set_serving(self, server_id: str | None, *, reason: str, kind: str = "switch") -> None:
         """Move traffic to ``server_id`` (``kind``: switch, failover, failback) and publish it."""
@@ -163,6 +174,7 @@ class ServerRegistry:
             return
         previous = self._serving
         self._serving = server_id
+        self._serving_config = self._by_id.get(server_id) if server_id else None
         self.serving_since = time.monotonic()
         self.events.publish(
             "serving.changed",

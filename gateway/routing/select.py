@@ -82,10 +82,35 @@ def candidates(registry: ServerRegistry, tried: frozenset[str] = frozenset()) ->
     return order
 
 
+def first_choice(registry: ServerRegistry) -> str | None:
+    """Return the serving server's id when it is a first attempt's first candidate, else None.
+
+    The fast path of :func:`pick_backend`: the same answer as
+    ``candidates(registry, frozenset())[0]`` whenever it is not None (rules 2 and 5: the serving
+    server is enabled and, with ``auto_switch`` on, not ``down``), without building and ranking
+    every server's view. None means "ask :func:`candidates`" (no serving server, disabled, or
+    down with ``auto_switch`` on), not "no candidate".
+    """
+    serving = registry.serving
+    if serving is None or not serving.enabled:
+        return None
+    if not registry.config.failover.auto_switch:
+        return serving.id
+    status = registry.status(serving.id)
+    return None if status.state is ServerState.DOWN else serving.id
+
+
 def pick_backend(
     registry: ServerRegistry, backends: _BackendSource, tried: frozenset[str] = frozenset()
 ) -> Backend | None:
     """Return the first candidate's :class:`Backend`, or None when there is none left."""
+    if not tried:
+        # Every request's first attempt: no ranking when the serving server takes it.
+        server_id = first_choice(registry)
+        if server_id is not None:
+            backend = backends.get(server_id)
+            if backend is not None:
+                return backend
     for server_id in candidates(registry, tried):
         backend = backends.get(server_id)
         if backend is not None:
