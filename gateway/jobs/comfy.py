@@ -45,7 +45,7 @@ from gateway.jobs.tracker import JobTracker, PromptRecord, PromptState
 from gateway.jobs.uploads import CachedUpload, SpooledFile, UploadCache
 from gateway.proxy.http import HttpForwarder, error_response
 from gateway.proxy.upstream import Backend, BackendPool
-from gateway.proxy.websocket import DROP, WsRelay
+from gateway.proxy.websocket import DROP, WsRelay, message_hook_keywords
 
 log = structlog.get_logger("gateway.jobs")
 
@@ -806,13 +806,16 @@ class ComfyRouter:
 
     # -- websocket hook -------------------------------------------------------------------
 
+    @message_hook_keywords('"prompt_id"', '"executed"')
     def on_ws_message(
         self, client_id: str, backend_id: str, message: dict[str, Any]
     ) -> dict[str, Any] | None:
         """Track prompt progress from a relayed event; tag output references in it.
 
         Events of a stale copy (a prompt the gateway moved to another backend) are dropped, so
-        a client never hears about one prompt twice.
+        a client never hears about one prompt twice. Only messages with a ``prompt_id`` or of
+        type ``executed`` matter here: the relay does not parse the others for this hook (it
+        looks for the keywords as they appear in ComfyUI's JSON, unescaped).
         """
         data = message.get("data")
         if isinstance(data, dict) and isinstance(data.get("prompt_id"), str):
