@@ -1,8 +1,12 @@
-"""The admin REST API: route table, handlers and :func:`create_admin_app`.
+"""The admin REST API: handlers, and the operations table that documents them.
 
-The sub-app is mounted by the main app with ``app.add_subapp("/gateway/api", admin_app)``; the
-paths below are relative to that prefix. One table, :data:`OPERATIONS`, registers the routes and
-generates the OpenAPI document, so the two cannot differ.
+The sub-app is built by :func:`gateway.admin.routes.create_admin_app` (re-exported here) and
+mounted by the main app with ``app.add_subapp("/gateway/api", admin_app)``; the paths below are
+relative to that prefix. This module, with the models and the OpenAPI machinery it imports, is
+loaded on the first admin request, not at start-up: the sub-app registers
+:data:`gateway.admin.routes.ROUTES` (plain data), whose handlers are looked up here by name.
+:data:`OPERATIONS` generates the OpenAPI document; the tests check that it, ``ROUTES`` and the
+router agree.
 
 Handlers are small: they read and validate the request, call a pure change function from
 :mod:`gateway.admin.changes` through :func:`_change` (which runs it inside
@@ -23,14 +27,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import pydantic
 from aiohttp import web
 
 from gateway.admin import changes
-from gateway.admin.auth import is_authenticated, make_guard_middleware
+from gateway.admin.auth import is_authenticated
 from gateway.admin.health import healthz, readyz
 from gateway.admin.openapi import Body, Operation, Query, Reply, build_openapi
 from gateway.admin.problems import (
@@ -45,9 +48,9 @@ from gateway.admin.problems import (
     UnsupportedMediaType,
     invalid,
     invalid_from,
-    problem_middleware,
 )
-from gateway.admin.redaction import redact, restore_masked, secret_values
+from gateway.admin.redaction import redact, restore_masked
+from gateway.admin.routes import ADMIN, AdminContext, Store, create_admin_app
 from gateway.admin.schemas import (
     Healthz,
     ImportReport,
@@ -64,64 +67,18 @@ from gateway.admin.schemas import (
     server_view,
     settings_view,
 )
-from gateway.admin.sse import HEARTBEAT_SECONDS, EventStreams, stream_events
-from gateway.admin.tester import ProbeTester, ServerTester, run_test
+from gateway.admin.sse import stream_events
+from gateway.admin.tester import run_test
 from gateway.admin.transfer import config_errors, export_text, parse_import, resolve_import
 from gateway.config.loader import ConfigError
 from gateway.config.models import GatewayConfig, ServerConfig, slugify
 from gateway.config.store import ConfigSaveError
-from gateway.registry import ServerRegistry
 
 JSON_TYPES: tuple[str, ...] = ("application/json",)
 PATCH_TYPES: tuple[str, ...] = ("application/merge-patch+json", "application/json")
 YAML_TYPES: tuple[str, ...] = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
 MAX_BODY_BYTES = 1024 * 1024
 TEST_CONCURRENCY = 8
-
-
-class Store(Protocol):
-    """What the admin API needs from :class:`gateway.config.store.ConfigStore`."""
-
-    @property
-    def config(self) -> GatewayConfig:
-        """Return the configuration in force."""
-        ...
-
-    async def update(
-        self, change: Callable[[GatewayConfig], GatewayConfig], *, reason: str
-    ) -> GatewayConfig:
-        """Validate, save, then apply ``change``; raise and change nothing on failure."""
-        ...
-
-
-@dataclass
-class AdminContext:
-    """Everything the handlers share (one per admin app, under :data:`ADMIN`)."""
-
-    registry: ServerRegistry
-    store: Store
-    tester: ServerTester
-    token_getter: Callable[[], str | None]
-    protect_reads_getter: Callable[[], bool]
-    streams: EventStreams
-    test_timeout: float | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def test_limit(self) -> float:
-        """Return the most seconds one server test may take."""
-        if self.test_timeout is not None:
-            return self.test_timeout
-        return max(5.0, 3 * self.registry.config.health.timeout + 1.0)
-
-    def secrets(self, *extra: pydantic.BaseModel) -> frozenset[str]:
-        """Return every secret value that must never leave in a response or event."""
-        found = secret_values(self.registry.config, [self.token_getter()])
-        for model in extra:
-            found |= secret_values(model)
-        return found
-
-
-ADMIN: web.AppKey[AdminContext] = web.AppKey("admin_context", AdminContext)
 
 
 def _ctx(request: web.Request) -> AdminContext:
@@ -562,7 +519,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def openapi(request: web.Request) -> web.Response:
     """Return this OpenAPI document (always public)."""
-    return _json(_ctx(request).spec)
+    return _json(_ctx(request).openapi())
 
 
 # -- the route table ------------------------------------------------------------------------
@@ -795,48 +752,12 @@ def build_spec() -> dict[str, Any]:
     return build_openapi(OPERATIONS, extra_operations=PROBE_OPERATIONS)
 
 
-def create_admin_app(
-    *,
-    registry: ServerRegistry,
-    store: Store,
-    tester: ServerTester | None = None,
-    token_getter: Callable[[], str | None],
-    protect_reads_getter: Callable[[], bool],
-    sse_heartbeat: float = HEARTBEAT_SECONDS,
-    test_timeout: float | None = None,
-) -> web.Application:
-    """Return the admin sub-app; mount it with ``app.add_subapp("/gateway/api", admin_app)``.
-
-    ``store`` must already be wired to apply its changes: ``store.on_change(lambda config,
-    reason: apply_config(config, reason))`` (the registry, and whatever else follows the
-    config). ``token_getter`` returns the admin token in force (config or environment; None or
-    "" when there is none) and ``protect_reads_getter`` whether reads need it; both are called
-    on every request. ``tester`` defaults to the health checker's ``probe_once``.
-    """
-    ctx = AdminContext(
-        registry=registry,
-        store=store,
-        tester=tester or ProbeTester(lambda: registry.config.health),
-        token_getter=token_getter,
-        protect_reads_getter=protect_reads_getter,
-        streams=EventStreams(sse_heartbeat),
-        test_timeout=test_timeout,
-        spec=build_spec(),
-    )
-    public = frozenset(op.operation_id for op in OPERATIONS if op.public)
-    app = web.Application(
-        middlewares=[
-            problem_middleware,
-            make_guard_middleware(
-                registry=registry,
-                token_getter=token_getter,
-                protect_reads_getter=protect_reads_getter,
-                public_routes=public,
-            ),
-        ]
-    )
-    app[ADMIN] = ctx
-    for op in OPERATIONS:
-        app.router.add_route(op.method, op.path, op.handler, name=op.operation_id)
-    app.on_shutdown.append(ctx.streams.on_shutdown)
-    return app
+__all__ = [
+    "ADMIN",
+    "OPERATIONS",
+    "PROBE_OPERATIONS",
+    "AdminContext",
+    "Store",
+    "build_spec",
+    "create_admin_app",
+]

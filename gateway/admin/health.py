@@ -16,10 +16,10 @@ Wiring (done by :func:`add_health_routes`, or by hand)::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.schemas import Healthz, Readyz
 from gateway.keys import REGISTRY
 
 
@@ -52,15 +52,42 @@ async def mark_shutting_down(app: web.Application) -> None:
     set_shutting_down(app)
 
 
-def _json(model: Healthz | Readyz, status: int = 200) -> web.Response:
-    return web.json_response(
-        model.model_dump(mode="json"), status=status, headers={"Cache-Control": "no-store"}
-    )
+def _json(document: dict[str, Any], status: int = 200) -> web.Response:
+    return web.json_response(document, status=status, headers={"Cache-Control": "no-store"})
+
+
+def readyz_document(
+    *,
+    ready: bool,
+    reason: str | None = None,
+    healthy_backend: bool | None = None,
+    healthy: list[str] | None = None,
+    serving: str | None = None,
+    preferred: str | None = None,
+) -> dict[str, Any]:
+    """Return a ``/readyz`` body: the :class:`gateway.admin.schemas.Readyz` document.
+
+    Built as a plain dict, so the probes (called every few seconds by orchestrators, and the
+    only admin routes every deployment uses) load no pydantic model; a test checks that it is
+    exactly what ``Readyz(...).model_dump(mode="json")`` gives.
+    """
+    return {
+        "ready": ready,
+        "reason": reason,
+        "healthy_backend": healthy_backend,
+        "healthy": list(healthy or ()),
+        "serving": serving,
+        "preferred": preferred,
+    }
+
+
+HEALTHZ_DOCUMENT: dict[str, Any] = {"status": "ok"}
+"""The ``/healthz`` body: the :class:`gateway.admin.schemas.Healthz` document."""
 
 
 async def healthz(request: web.Request) -> web.Response:
     """Answer 200 while the process and its event loop respond (liveness)."""
-    return _json(Healthz())
+    return _json(dict(HEALTHZ_DOCUMENT))
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -78,13 +105,13 @@ async def readyz(request: web.Request) -> web.Response:
     """
     state = request.config_dict.get(READINESS)
     if state is not None and state.shutting_down:
-        return _json(Readyz(ready=False, reason="shutting down"), 503)
+        return _json(readyz_document(ready=False, reason="shutting down"), 503)
     registry = request.config_dict.get(REGISTRY)
     if registry is None:
-        return _json(Readyz(ready=False, reason="configuration not loaded"), 503)
+        return _json(readyz_document(ready=False, reason="configuration not loaded"), 503)
     healthy = [s.id for s in registry.healthy_servers()]
     return _json(
-        Readyz(
+        readyz_document(
             ready=True,
             healthy_backend=bool(healthy),
             healthy=healthy,

@@ -32,7 +32,6 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin.redaction import redact, secret_values
 from gateway.events import Event, EventBus
 from gateway.registry import ServerRegistry
 from gateway.tasks import cancel_and_wait, spawn
@@ -62,6 +61,8 @@ class EventStreams:
 
 def format_event(event: Event, secrets: frozenset[str]) -> bytes:
     """Return one SSE block for a bus event, secrets masked."""
+    from gateway.admin.redaction import redact  # with the handlers, not at start-up
+
     payload = redact(event.as_dict(), secrets)
     data = json.dumps(payload, separators=(",", ":"), default=str)
     return f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode()
@@ -90,6 +91,8 @@ async def stream_events(
     extra_secrets: Callable[[], str | None],
 ) -> web.StreamResponse:
     """Serve one SSE client until it leaves or the application shuts down."""
+    from gateway.admin.redaction import secret_values  # with the handlers, not at start-up
+
     after = last_event_id(request)
     subscription = bus.subscribe()  # before the replay, so nothing falls in between
     response = web.StreamResponse(

@@ -19,7 +19,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from gateway.admin.problems import Unavailable
 from gateway.config.models import HealthSettings, ServerConfig
 
 _log = structlog.get_logger("gateway.admin")
@@ -64,6 +63,8 @@ class ProbeTester:
         try:
             from gateway.health.checker import probe_once
         except ImportError:
+            from gateway.admin.problems import Unavailable
+
             raise Unavailable(
                 "server tests need gateway.health.checker.probe_once, missing from this build"
             ) from None
@@ -75,6 +76,8 @@ async def run_test(
     tester: ServerTester, server: ServerConfig, *, saved: bool, limit: float
 ) -> dict[str, Any]:
     """Test one server, never raising for a failed test; at most ``limit`` seconds."""
+    from gateway.admin.problems import Unavailable  # loaded with the handlers that call this
+
     try:
         async with asyncio.timeout(limit):
             data = result_dict(await tester.test(server))

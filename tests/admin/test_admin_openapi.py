@@ -10,7 +10,26 @@ from admin_harness import Harness
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from gateway.admin import api
 from gateway.admin.api import OPERATIONS, PROBE_OPERATIONS, build_spec
+from gateway.admin.routes import ROUTES
+
+
+def test_start_up_route_table_is_the_documented_one() -> None:
+    """ROUTES (registered at start-up) and OPERATIONS (documented) name the same routes."""
+    registered = [(r.method, r.path, r.operation_id, r.public) for r in ROUTES]
+    documented = [(o.method, o.path, o.operation_id, o.public) for o in OPERATIONS]
+    assert registered == documented
+    for route, op in zip(ROUTES, OPERATIONS, strict=True):
+        assert getattr(api, route.handler) is op.handler
+
+
+async def test_document_is_built_on_first_request_then_kept(gw: Harness) -> None:
+    assert gw.ctx.spec == {}
+    status, spec, _ = await gw.call("GET", "/openapi.json", token=None)
+    assert status == 200
+    assert spec == build_spec()
+    assert gw.ctx.openapi() is gw.ctx.openapi()
 
 
 async def test_spec_is_valid_openapi_31() -> None:

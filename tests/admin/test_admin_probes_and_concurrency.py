@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
+import pytest
 from admin_harness import WAIT, Harness, MakeHarness
 from aiohttp import web
 
@@ -32,6 +34,30 @@ async def test_readyz_does_not_depend_on_backend_health(gw: Harness) -> None:
     body = await (await gw.client.get("/gateway/readyz")).json()
     assert body["healthy_backend"] is True
     assert body["healthy"] == ["remote"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"ready": False, "reason": "shutting down"},
+        {
+            "ready": True,
+            "healthy_backend": True,
+            "healthy": ["a", "b"],
+            "serving": "a",
+            "preferred": "b",
+        },
+    ],
+)
+def test_probe_documents_are_the_documented_models(fields: dict[str, Any]) -> None:
+    """The probes build plain dicts (no model at start-up); they equal the documented models."""
+    from gateway.admin.health import HEALTHZ_DOCUMENT, readyz_document
+    from gateway.admin.schemas import Healthz, Readyz
+
+    assert Healthz().model_dump(mode="json") == HEALTHZ_DOCUMENT
+    document = readyz_document(**fields)
+    assert document == Readyz(**fields).model_dump(mode="json")
+    assert list(document) == list(Readyz.model_fields)
 
 
 async def test_readyz_503_when_shutting_down(gw: Harness) -> None:
