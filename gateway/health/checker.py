@@ -6,7 +6,11 @@
   :class:`~gateway.health.policy.HealthTracker`, and writes statuses and verdicts into the
   :class:`~gateway.registry.ServerRegistry`.
 * :class:`PassiveHealth` is the :class:`~gateway.proxy.observer.TrafficObserver` that turns the
-  proxy's reports into passive health input (and immediate probes).
+  proxy's reports into passive health input (and immediate probes). A stalled request
+  (``upstream_stalled``, whichever part of the data plane reports it) on an ``up`` server gets an
+  out-of-band probe at once, or, when a probe is already in flight, makes that one the
+  confirming probe; a failed confirming probe marks the server down without waiting for ``fall``
+  failures (the rule is :meth:`~gateway.health.policy.HealthTracker.observe_stall`'s).
 * :class:`FailoverController` runs :class:`~gateway.routing.failover.FailoverPolicy` after every
   state change and when a failback hold expires, and moves ``serving``.
 
@@ -305,6 +309,8 @@ class _Slot:
     status_ref: ServerStatus | None = None
     passive_seq: int = 0
     """Bumped by every passive failure that asked for a probe (see ``_run``)."""
+    probing: bool = False
+    """A probe of this server is in flight."""
     published_at: float = -1e18
     published: tuple[Any, ...] | None = None
 
@@ -327,8 +333,10 @@ class HealthChecker:
         *,
         passive: PassiveSettings | Callable[[], PassiveSettings] | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
+        self._clock = clock
         self._backends = backends
         self._settings: Callable[[], HealthSettings] = settings_getter or (
             lambda: registry.config.health
@@ -472,7 +480,11 @@ class HealthChecker:
                 waiters, slot.waiters = slot.waiters, []
                 slot.wake.clear()
                 seq = slot.passive_seq
-                result = await self._probe(server, settings)
+                slot.probing = True
+                try:
+                    result = await self._probe(server, settings)
+                finally:
+                    slot.probing = False
                 # A passive failure that arrived while this probe was in flight is newer than
                 # a success the probe may report: do not let the older success clear it.
                 stale = result.ok and slot.passive_seq != seq
@@ -539,7 +551,11 @@ class HealthChecker:
         tracker = slot.tracker
         restart = tracker.observe_identity(result.identity, result.uptime) if result.ok else None
         transition = tracker.record(
-            result.ok, settings, detail=result.error or "", refused=result.refused
+            result.ok,
+            settings,
+            detail=result.error or "",
+            refused=result.refused,
+            at=self._clock(),
         )
         status.last_check = result.checked_at
         if result.latency is not None:
@@ -617,6 +633,31 @@ class HealthChecker:
             slot.passive_seq += 1
         self._passive_verdict(slot, verdict)
 
+    def observe_stall(self, server_id: str, waited: float) -> None:
+        """Feed a proxied request that has waited ``waited`` seconds with no answer.
+
+        New evidence against an ``up`` server starts an immediate probe, unless one is in flight
+        (that one then confirms or clears it); see :meth:`HealthTracker.observe_stall`.
+        """
+        slot = self._slots.get(server_id)
+        if slot is None or not self._running or self._status(slot) is None:
+            return
+        settings = self._settings()
+        verdict = slot.tracker.observe_stall(
+            waited, self._clock() - waited, self._passive(), settings
+        )
+        if not verdict.recheck:
+            return
+        log.info(
+            "backend suspected hung, probing",
+            server=server_id,
+            waited=round(waited, 3),
+            timeout=settings.timeout,
+            probe_in_flight=slot.probing,
+        )
+        if not slot.probing:
+            slot.wake.set()
+
     def observe_success(self, server_id: str) -> None:
         """Feed a healthy exchange seen on proxied traffic."""
         slot = self._slots.get(server_id)
@@ -655,6 +696,13 @@ class PassiveHealth(TrafficObserver):
         """Count a healthy exchange."""
         try:
             self._checker.observe_success(backend)
+        except Exception:
+            log.exception("passive health failed", server=backend)
+
+    def upstream_stalled(self, backend: str, waited: float) -> None:
+        """Suspect a backend hung when a request waits past the health timeout (probe now)."""
+        try:
+            self._checker.observe_stall(backend, waited)
         except Exception:
             log.exception("passive health failed", server=backend)
 

@@ -70,6 +70,31 @@ Reports come from real traffic (:class:`gateway.proxy.observer.TrafficObserver`)
 * Passive reports on a server already ``down`` only reset its rise progress (a server failing real
   traffic is not "going up").
 
+Stalled requests (a hung backend), see :meth:`HealthTracker.observe_stall`
+--------------------------------------------------------------------------
+
+A frozen process (``SIGSTOP``, a deadlock, a stuck event loop) refuses nothing and resets nothing:
+the kernel still accepts connections, requests simply never get an answer. The data plane reports
+a request that has waited longer than the health-check ``timeout`` with no answer
+(:meth:`gateway.proxy.observer.TrafficObserver.upstream_stalled`); whoever reports it, the rule is
+the same (Envoy's outlier detection confirmed by an active check; HAProxy's ``observe`` with an
+immediate check):
+
+* for an ``up`` server, a stall makes the server *suspected* and asks for an immediate probe; if a
+  probe is already in flight, that one is the confirming probe (the shell starts no second one);
+* if the next probe result **fails** (timeout, connection error or a bad status) while the
+  suspicion stands, the server is ``down`` at once instead of after ``fall`` failures: one piece of
+  passive evidence plus one failed active check (reason: "... stalled ..., confirmed by a failed
+  check: ..."). Detection of a hung backend thus takes about ``2 * timeout`` (plus up to one
+  report period of the data plane, 0.5 s) instead of up to ``interval + fall * timeout``;
+* a probe that **succeeds** clears the suspicion and changes nothing else: a slow request alone
+  (a long ``/object_info``) is no failure. Stalls of requests that began waiting before that
+  probe's answer are then ignored (the server answered since), so one slow request costs one
+  probe, not one per report; a request that began waiting after it is new evidence;
+* any healthy exchange on real traffic also withdraws the suspicion (the backend answers);
+* stalls never count while the server is ``unknown`` or ``down``, while passive checks are off or
+  ``confirm_stalls`` is False, or when the reported wait is shorter than the health timeout.
+
 Restart detection, see :meth:`HealthTracker.observe_identity`
 --------------------------------------------------------------
 
@@ -136,6 +161,9 @@ class PassiveSettings:
     """Consecutive counted 5xx answers before ``on_error`` applies (Envoy ``consecutive_5xx``)."""
     transient_statuses: frozenset[int] = frozenset({501, 503})
     """5xx statuses that never count (a disabled feature, an explicit "retry later")."""
+    confirm_stalls: bool = True
+    """A request stalled longer than the health timeout asks for a probe, and a failed probe
+    then marks the server down at once (see "Stalled requests")."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +225,15 @@ class HealthTracker:
         self._passive_5xx = 0
         self._suspicion: str | None = None  # why a passive error made the server pre-fatal
         self._outage: str | None = None  # set when the server went down/away after being seen
+        self._stall: str | None = None  # evidence of a stalled request awaiting its probe
+        self._answered_at: float | None = None  # when a probe last succeeded (shell's clock)
 
     # -- state -----------------------------------------------------------------------------
+
+    @property
+    def stall_suspected(self) -> bool:
+        """Return True while a stalled request awaits its confirming probe."""
+        return self._stall is not None
 
     @property
     def transitioning(self) -> bool:
@@ -215,20 +250,22 @@ class HealthTracker:
         self.identity = None
         self.uptime = None
         self._passive_errors = self._passive_5xx = 0
-        self._suspicion = self._outage = None
+        self._suspicion = self._outage = self._stall = None
+        self._answered_at = None
 
     def adopt(self, state: ServerState) -> None:
         """Take over a state set by someone else (e.g. an admin), dropping partial counts."""
         if state is not self.state:
             self.state = state
             self.successes = self.failures = 0
-            self._suspicion = None
+            self._suspicion = self._stall = None
 
     def _move(self, new: ServerState, reason: str) -> Transition | None:
         old = self.state
         if new is old:
             return None
         self.state = new
+        self._stall = None
         if new is ServerState.DOWN and self.identity is not None:
             self._outage = self._outage or "marked down"
         if new is ServerState.UP:
@@ -238,18 +275,28 @@ class HealthTracker:
     # -- active probes -----------------------------------------------------------------------
 
     def record(
-        self, ok: bool, settings: HealthSettings, *, detail: str = "", refused: bool = False
+        self,
+        ok: bool,
+        settings: HealthSettings,
+        *,
+        detail: str = "",
+        refused: bool = False,
+        at: float | None = None,
     ) -> Transition | None:
         """Count one probe result and return the transition it causes, if any.
 
         ``detail`` describes a failure (it ends up in the transition's reason); ``refused`` says
-        the connection was refused (nothing listening), which is restart evidence.
+        the connection was refused (nothing listening), which is restart evidence; ``at`` is when
+        the result came in, on the clock of :meth:`observe_stall`'s ``since``.
         """
         self.recheck_requested = False
+        stall, self._stall = self._stall, None  # this result is the stall's confirming probe
         if ok:
             self.failures = 0
             self.successes = min(self.successes + 1, _COUNT_CAP)
             self._suspicion = None
+            if at is not None:
+                self._answered_at = at
             if self.state is ServerState.UNKNOWN:
                 return self._move(ServerState.UP, "first check passed")
             if self.state is ServerState.DOWN and self.successes >= settings.rise:
@@ -262,6 +309,8 @@ class HealthTracker:
         why = detail or "check failed"
         if self.state is ServerState.UNKNOWN:
             return self._move(ServerState.DOWN, f"first check failed: {why}")
+        if self.state is ServerState.UP and stall is not None:
+            return self._move(ServerState.DOWN, f"{stall}, confirmed by a failed check: {why}")
         if self.state is ServerState.UP and self.failures >= settings.fall:
             if self._suspicion is not None:
                 reason = f"{self._suspicion}, confirmed by a failed check: {why}"
@@ -322,10 +371,41 @@ class HealthTracker:
             self._suspicion = evidence
         return PassiveVerdict(self._ask_recheck())
 
+    def observe_stall(
+        self,
+        waited: float,
+        since: float,
+        passive: PassiveSettings,
+        settings: HealthSettings,
+    ) -> PassiveVerdict:
+        """Note a request that has waited ``waited`` seconds (since ``since``) with no answer.
+
+        Returns ``recheck`` when this is new evidence against an ``up`` server: the shell then
+        probes at once, unless a probe is already in flight (that one confirms or clears).
+        See the module docstring, "Stalled requests".
+        """
+        if (
+            not passive.enabled
+            or not passive.confirm_stalls
+            or self.state is not ServerState.UP
+            or self._stall is not None
+            or waited < settings.timeout
+        ):
+            return NOTHING
+        if self._answered_at is not None and since <= self._answered_at:
+            return NOTHING  # a probe answered while this request waited: slow, not hung
+        self._stall = (
+            f"a proxied request stalled (no answer for {waited:.1f}s, longer than the "
+            f"{settings.timeout:g}s health timeout)"
+        )
+        self.recheck_requested = True
+        return PassiveVerdict(recheck=True)
+
     def observe_success(self) -> PassiveVerdict:
         """Note a healthy exchange on real traffic (resets passive counters; may ask a probe)."""
         self._passive_errors = 0
         self._passive_5xx = 0
+        self._stall = None  # the backend answers: a stalled request alone proves nothing
         if self.state is not ServerState.UP:
             return PassiveVerdict(self._ask_recheck())
         return NOTHING

@@ -16,6 +16,10 @@ Contract of :meth:`HttpForwarder.forward`:
   because ``POST /prompt`` is not idempotent (below this layer, the upstream pools resend an
   idempotent request once when its connection closed before any answer, as aiohttp's client
   does);
+* a request still waiting for its answer longer than ``stall_after()`` seconds (the health-check
+  timeout) is reported to the observer as stalled (``upstream_stalled``, every ``RESCUE_EVERY``
+  seconds while it waits): passive evidence of a hung backend, which health checks confirm with a
+  probe. Only requests the watchdog follows are reported (idempotent, no body, lean pool);
 * upstream failures answer JSON naming the backend and the cause: connect error and reset 502,
   timeout 504, no backend at all 503. A failure after the answer started aborts the connection;
 * a client that goes away cancels the handler (``handler_cancellation``), which closes the
@@ -25,6 +29,7 @@ Contract of :meth:`HttpForwarder.forward`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -45,6 +50,8 @@ RESCUE_AFTER = 1.0
 """Seconds an idempotent request waits for an answer before it may move to another backend."""
 RESCUE_EVERY = 0.5
 """How often waiting requests are checked (only while there are some)."""
+STALL_AFTER = 2.0
+"""Default of ``stall_after``: the default health-check timeout (``HealthSettings.timeout``)."""
 
 PickBackend = Callable[[frozenset[str]], Backend | None]
 """Given the ids already tried, return the next backend to try, or None to give up."""
@@ -115,8 +122,12 @@ class HttpForwarder:
         max_body_size: Callable[[], int],
         trust_forwarded: Callable[[], bool],
         all_down: Callable[[], bool] = lambda: False,
+        stall_after: Callable[[], float] = lambda: STALL_AFTER,
     ) -> None:
         self.observer = observer
+        self.stall_after = stall_after
+        """Seconds without an answer after which a waiting request is reported as stalled (the
+        health-check timeout; may be replaced at any time)."""
         self._all_down = all_down
         self._max_body_size = max_body_size
         self._trust_forwarded = trust_forwarded
@@ -343,17 +354,30 @@ class HttpForwarder:
             raise
 
     async def _watch(self) -> None:
-        """Move waiting idempotent requests off a backend that is no longer the first choice.
+        """Report stalled requests; move waiting idempotent ones off a backend that is no longer
+        the first choice.
 
         Runs only while requests wait on the lean pool; each check costs one ``pick`` per
-        request waiting longer than ``RESCUE_AFTER`` (none in normal operation).
+        request waiting longer than ``RESCUE_AFTER``, and one ``upstream_stalled`` report per
+        request waiting longer than ``stall_after()`` (none in normal operation).
         """
         try:
             while self._waiting:
                 await asyncio.sleep(RESCUE_EVERY)
                 now = time.monotonic()
+                try:
+                    stall_after = float(self.stall_after())
+                except Exception:  # a settings getter must not kill the watchdog
+                    stall_after = STALL_AFTER
                 for rescue in list(self._waiting):
-                    if now - rescue.since < RESCUE_AFTER or not rescue.waiting:
+                    if not rescue.waiting:
+                        continue
+                    waited = now - rescue.since
+                    if waited > stall_after:
+                        # Observers must not raise; if one does, the watchdog must not die.
+                        with contextlib.suppress(Exception):
+                            self.observer.upstream_stalled(rescue.backend_id, waited)
+                    if waited < RESCUE_AFTER:
                         continue
                     try:
                         first = rescue.pick(frozenset())

@@ -50,6 +50,8 @@ def stub_app(state: dict[str, Any]) -> web.Application:
 
     async def system_stats(request: web.Request) -> web.Response:
         state["hits"] = state.get("hits", 0) + 1
+        if "entered" in state:  # lets a test know a probe is in flight
+            state["entered"].set()
         if not authorised(request):
             return web.json_response({"error": "unauthorised"}, status=401)
         if state.get("delay"):
@@ -346,6 +348,116 @@ async def test_passive_error_on_a_healthy_server_does_not_mark_it_down(
     assert tracker.failures == 0
     passive.upstream_succeeded("a")
     passive.upstream_failed("unknown-server", "connect", "x")  # ignored, never raises
+
+
+# -- stalled requests (a hung backend) ---------------------------------------------------------
+
+# Long intervals: no scheduled probe interferes; only the stall's probe can mark a server down, and
+# fall = 5 failures at 0.3 s each would take far longer than the waits below allow.
+STALL_HEALTH = HealthSettings(
+    interval=60.0, fast_interval=60.0, down_interval=60.0, timeout=0.3, jitter=0.0, rise=1, fall=5
+)
+
+
+async def stall_began_after_last_answer(waited: float) -> None:
+    """Let ``waited`` seconds pass, so a stall of that length began after the last probe answered.
+
+    (A request that began waiting before the server last answered a probe is no evidence.)
+    """
+    await asyncio.sleep(waited + 0.02)
+
+
+def down_reason(h: Harness, server: str) -> str:
+    events = [
+        e
+        for e in h.registry.events.recent()
+        if e.kind == "server.state" and e.data["server"] == server and e.data["state"] == "down"
+    ]
+    assert events
+    return str(events[-1].data["reason"])
+
+
+async def test_stalled_request_on_a_hung_backend_is_confirmed_by_one_probe(
+    stub: ServerFactory, harness: Callable[..., Awaitable[Harness]]
+) -> None:
+    state: dict[str, Any] = {}
+    a, b = await stub(state), await stub({})
+    h = await harness(
+        {"a": url_of(a), "b": url_of(b)}, health=STALL_HEALTH, failover=FailoverSettings()
+    )
+    await h.wait_up("a", "b")
+    await stall_began_after_last_answer(0.35)
+    state["delay"] = 30.0  # hung: probes time out
+    hits = state["hits"]
+    started = time.monotonic()
+    PassiveHealth(h.checker).upstream_stalled("a", 0.35)
+    changed = await h.wait("serving.changed", timeout=2.0, serving="b")
+    assert time.monotonic() - started < 1.5  # one 0.3 s probe, not 5 of them or a 60 s interval
+    assert changed.data["kind"] == "failover"
+    assert h.registry.status("a").state is ServerState.DOWN
+    assert state["hits"] == hits + 1  # exactly one out-of-band probe
+    reason = down_reason(h, "a")
+    assert "stalled" in reason
+    assert "confirmed by a failed check: timed out" in reason
+    checked = [e for e in h.registry.events.recent() if e.kind == "server.checked"]
+    assert any(e.data["server"] == "a" and e.data["state"] == "down" for e in checked)
+
+
+async def test_stall_while_a_probe_is_in_flight_makes_that_probe_the_confirming_one(
+    stub: ServerFactory, harness: Callable[..., Awaitable[Harness]]
+) -> None:
+    state: dict[str, Any] = {}
+    a = await stub(state)
+    h = await harness({"a": url_of(a)}, health=STALL_HEALTH)
+    await h.wait_up("a")
+    await stall_began_after_last_answer(0.35)
+    state["delay"] = 30.0
+    state["entered"] = entered = asyncio.Event()
+    hits = state["hits"]
+    h.checker.request_check("a")
+    async with asyncio.timeout(2.0):
+        await entered.wait()  # the scheduled probe is in flight (and will time out)
+    PassiveHealth(h.checker).upstream_stalled("a", 0.35)
+    await h.wait_state("down", "a")
+    assert state["hits"] == hits + 1  # no second probe: the one in flight confirmed the stall
+    assert "stalled" in down_reason(h, "a")
+
+
+async def test_stalled_request_on_a_healthy_backend_changes_nothing(
+    stub: ServerFactory, harness: Callable[..., Awaitable[Harness]]
+) -> None:
+    """A slow request alone (the probe answers fine) costs one probe and changes nothing."""
+    state: dict[str, Any] = {}
+    a = await stub(state)
+    h = await harness({"a": url_of(a)}, health=STALL_HEALTH)
+    await h.wait_up("a")
+    await stall_began_after_last_answer(0.4)
+    hits = state["hits"]
+    tracker = h.checker.tracker("a")
+    assert tracker is not None
+    passive = PassiveHealth(h.checker)
+    reported = time.monotonic()
+    passive.upstream_stalled("a", 0.4)
+    assert tracker.stall_suspected
+    checked = await h.checker.check_now("a")  # joins the probe the stall started
+    assert checked.ok
+    assert state["hits"] == hits + 1
+    assert h.registry.status("a").state is ServerState.UP
+    assert not tracker.stall_suspected
+    assert (tracker.failures, tracker.transitioning) == (0, False)
+    # The same request still waiting: the server answered since it began, so no new probe.
+    passive.upstream_stalled("a", 0.4 + time.monotonic() - reported)
+    assert not tracker.stall_suspected
+    assert not tracker.recheck_requested
+    # Under the timeout, or for a server the checker does not know: nothing (and no raise).
+    passive.upstream_stalled("a", 0.1)
+    passive.upstream_stalled("unknown-server", 5.0)
+    assert not tracker.stall_suspected
+    assert not [
+        e
+        for e in h.registry.events.recent()
+        if e.kind == "server.state" and e.data["server"] == "a" and e.data["state"] == "down"
+    ]
 
 
 # -- restarts, recovery, failback --------------------------------------------------------------
