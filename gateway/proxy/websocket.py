@@ -163,7 +163,7 @@ class WsSettings:
     trust_forwarded: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Upstream:
     backend_id: str
     ws: aiohttp.ClientWebSocketResponse
@@ -172,9 +172,14 @@ class _Upstream:
     closed_by_us: bool = False
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class ClientBridge:
-    """One client websocket and its upstream sockets."""
+    """One client websocket and its upstream sockets.
+
+    An idle bridge costs no task of its own: the client → backend relay runs in the request
+    handler's task, each upstream socket has its reader task, and a keeper task exists only
+    while the primary socket is being re-attached (:meth:`WsRelay._lose_primary`).
+    """
 
     client_id: str
     client: web.WebSocketResponse
@@ -186,9 +191,14 @@ class ClientBridge:
     superseded: bool = False
     last_upstream_close: int | None = None
     """Close code of the last upstream socket the backend closed (passed on when giving up)."""
-    primary_lost: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set once the client handshake is done: upstream readers wait for it before relaying."""
+    primary_lost: bool = False
+    """Set when the primary socket must be (re-)attached; the keeper task clears it."""
+    keeper: asyncio.Task[None] | None = None
+    """The task re-attaching the primary socket, while one runs."""
+    backoff: float = 0.0
+    attached_at: float = 0.0
+    ready: bool = False
+    """Set once the client handshake is done: upstream readers start then."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -245,7 +255,7 @@ class WsRelay:
         async with self._serving_changed:
             self._serving_changed.notify_all()
         for bridge in list(self._all):
-            bridge.primary_lost.set()
+            self._lose_primary(bridge)
 
     async def ensure_upstream(self, client_id: str, backend_id: str) -> bool:
         """Make sure the client has an upstream socket on ``backend_id`` (before a prompt)."""
@@ -361,7 +371,11 @@ class WsRelay:
                 )
             await client.prepare(request)
             _coalesce_writes(client)
-            bridge.ready.set()
+            bridge.ready = True
+            bridge.attached_at = asyncio.get_running_loop().time()
+            for upstream in bridge.upstreams.values():
+                if upstream.reader is None:
+                    self._start_reader(bridge, upstream)
             self._all.add(bridge)
             self._observer.ws_opened("client", None)
             try:
@@ -373,7 +387,15 @@ class WsRelay:
         finally:
             if self._bridges.get(client_id) is bridge:
                 del self._bridges[client_id]
-            await self._close_upstreams(bridge)
+            # The handler is cancelled when the client's connection drops (the app runs with
+            # handler_cancellation): the upstream sockets must close all the same.
+            await asyncio.shield(
+                spawn(self._teardown(bridge), name=f"ws-teardown-{bridge.client_id}")
+            )
+
+    async def _teardown(self, bridge: ClientBridge) -> None:
+        await cancel_and_wait(bridge.keeper)
+        await self._close_upstreams(bridge)
 
     def _upstream_path(self, bridge: ClientBridge) -> str:
         url = URL(bridge.request.raw_path, encoded=True)
@@ -429,10 +451,15 @@ class WsRelay:
             for hook in self.attach_hooks:
                 spawn(hook(bridge.client_id, backend_id), name=f"ws-attach-{backend_id}")
         self._observer.ws_opened("upstream", backend_id)
-        upstream.reader = spawn(
-            self._pump_down(bridge, upstream), name=f"ws-down-{bridge.client_id}-{backend_id}"
-        )
+        if bridge.ready:
+            self._start_reader(bridge, upstream)
         return upstream
+
+    def _start_reader(self, bridge: ClientBridge, upstream: _Upstream) -> None:
+        upstream.reader = spawn(
+            self._pump_down(bridge, upstream),
+            name=f"ws-down-{bridge.client_id}-{upstream.backend_id}",
+        )
 
     async def _attach_primary(self, bridge: ClientBridge, tried: frozenset[str]) -> bool:
         """Open the primary socket on the serving backend (or the next candidate)."""
@@ -475,63 +502,65 @@ class WsRelay:
     # -- relay loops ----------------------------------------------------------------------
 
     async def _run(self, bridge: ClientBridge) -> None:
-        up = spawn(self._pump_up(bridge), name=f"ws-up-{bridge.client_id}")
-        keeper = spawn(self._keep_primary(bridge), name=f"ws-keep-{bridge.client_id}")
+        """Relay client → primary upstream in the handler's task until the client goes."""
+        client = bridge.client
+        relayed = self._observer.ws_relayed
         try:
-            await asyncio.wait({up, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            async for msg in client:
+                kind = msg.type
+                if kind is WSMsgType.TEXT:
+                    data = msg.data
+                    binary = False
+                    if not bridge.first_client_text_seen:
+                        bridge.first_client_text_seen = True
+                        if _is_feature_flags(data):
+                            bridge.feature_flags = data
+                elif kind is WSMsgType.BINARY:
+                    data = msg.data
+                    binary = True
+                elif kind is WSMsgType.ERROR:
+                    break
+                else:
+                    continue
+                upstream = bridge.upstreams.get(bridge.primary)  # type: ignore[arg-type]
+                if upstream is None or upstream.ws.closed:
+                    continue  # between backends: ComfyUI ignores client messages anyway (§3.1)
+                try:
+                    if binary:
+                        await upstream.ws.send_bytes(data)
+                    else:
+                        await upstream.ws.send_str(data)
+                except (ConnectionError, RuntimeError):
+                    continue
+                relayed("to_upstream", upstream.backend_id, binary, len(data))
         finally:
-            await cancel_and_wait(up, keeper)
-            if not bridge.client.closed:
+            if not client.closed:
                 with contextlib.suppress(Exception):
-                    await bridge.client.close()
-
-    async def _pump_up(self, bridge: ClientBridge) -> None:
-        """Relay client → primary upstream until the client goes."""
-        async for msg in bridge.client:
-            if msg.type == WSMsgType.TEXT:
-                text = msg.data
-                if not bridge.first_client_text_seen:
-                    bridge.first_client_text_seen = True
-                    if _is_feature_flags(text):
-                        bridge.feature_flags = text
-                await self._send_primary(bridge, text, binary=False)
-            elif msg.type == WSMsgType.BINARY:
-                await self._send_primary(bridge, msg.data, binary=True)
-            elif msg.type == WSMsgType.ERROR:
-                break
-
-    async def _send_primary(self, bridge: ClientBridge, data: str | bytes, *, binary: bool) -> None:
-        upstream = bridge.upstreams.get(bridge.primary or "")
-        if upstream is None or upstream.ws.closed:
-            return  # between backends: ComfyUI ignores client messages anyway (§3.1)
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            if binary:
-                await upstream.ws.send_bytes(data)  # type: ignore[arg-type]
-            else:
-                await upstream.ws.send_str(data)  # type: ignore[arg-type]
-            self._observer.ws_relayed("to_upstream", upstream.backend_id, binary, len(data))
+                    await client.close()
 
     async def _pump_down(self, bridge: ClientBridge, upstream: _Upstream) -> None:
         """Relay one upstream → client until that upstream closes."""
         client = bridge.client
         backend_id = upstream.backend_id
+        relayed = self._observer.ws_relayed
         try:
-            await bridge.ready.wait()
             async for msg in upstream.ws:
-                if msg.type == WSMsgType.TEXT:
+                kind = msg.type
+                if kind is WSMsgType.TEXT:
                     text = self._downstream_text(bridge, upstream, msg.data)
                     if text is None:
                         continue
                     if client.closed:
                         break
                     await client.send_str(text)
-                    self._observer.ws_relayed("to_client", backend_id, False, len(text))
-                elif msg.type == WSMsgType.BINARY:
+                    relayed("to_client", backend_id, False, len(text))
+                elif kind is WSMsgType.BINARY:
                     if client.closed:
                         break
-                    await client.send_bytes(msg.data)
-                    self._observer.ws_relayed("to_client", backend_id, True, len(msg.data))
-                elif msg.type == WSMsgType.ERROR:
+                    data = msg.data
+                    await client.send_bytes(data)
+                    relayed("to_client", backend_id, True, len(data))
+                elif kind is WSMsgType.ERROR:
                     break
         except (ConnectionError, RuntimeError):
             pass
@@ -552,11 +581,10 @@ class WsRelay:
                     if not client.closed:
                         self._observer.upstream_failed(backend_id, "reset", "websocket closed")
                     if backend_id == bridge.primary:
-                        bridge.primary_lost.set()
+                        self._lose_primary(bridge)
 
     async def _close_client(self, bridge: ClientBridge, code: int) -> None:
         bridge.superseded = True
-        bridge.primary_lost.set()
         with contextlib.suppress(Exception):
             await bridge.client.close(code=code, message=b"closed by the ComfyUI backend")
 
@@ -581,8 +609,12 @@ class WsRelay:
         if not upstream.swallow_flags_reply and upstream.backend_id == bridge.primary:
             # From the primary the relay itself drops nothing: only the hooks may care.
             keywords = self._hook_keywords()
-            if keywords is not None and not any(word in text for word in keywords):
-                return text
+            if keywords is not None:
+                for word in keywords:
+                    if word in text:
+                        break
+                else:
+                    return text
         parsed = _parse(text)
         if parsed is None:
             return text
@@ -601,17 +633,36 @@ class WsRelay:
                 parsed, rewritten = replacement, True
         return json.dumps(parsed) if rewritten else text
 
+    def _lose_primary(self, bridge: ClientBridge) -> None:
+        """Have the bridge's primary socket re-attached (lost, or the serving backend moved)."""
+        bridge.primary_lost = True
+        if bridge.keeper is None and bridge.ready:
+            bridge.keeper = spawn(self._keep_primary(bridge), name=f"ws-keep-{bridge.client_id}")
+
     async def _keep_primary(self, bridge: ClientBridge) -> None:
-        """Re-attach the primary socket whenever it is lost or the serving backend moves."""
+        """Re-attach the primary socket until nothing asks for it again, then end."""
+        try:
+            await self._reattach(bridge)
+        except Exception:  # never leave a client on a socket nobody keeps
+            log.exception("ws re-attach failed", client_id=bridge.client_id)
+            bridge.superseded = True
+        finally:
+            bridge.keeper = None
+        if bridge.superseded and not bridge.client.closed:
+            # Replaced by a newer socket with its clientId, or closed on the backend's word.
+            with contextlib.suppress(Exception):
+                await bridge.client.close()
+
+    async def _reattach(self, bridge: ClientBridge) -> None:
         loop = asyncio.get_running_loop()
-        backoff, attached_at = 0.0, loop.time()
-        while not bridge.client.closed and not bridge.superseded:
-            await bridge.primary_lost.wait()
-            bridge.primary_lost.clear()
-            if bridge.superseded:
-                return
+        while bridge.primary_lost and not bridge.client.closed and not bridge.superseded:
+            bridge.primary_lost = False
             # A backend that keeps dropping sockets right away must not cause a tight loop.
-            backoff = 0.0 if loop.time() - attached_at > 5.0 else min(max(backoff * 2, 0.1), 2.0)
+            backoff = bridge.backoff
+            backoff = (
+                0.0 if loop.time() - bridge.attached_at > 5.0 else min(max(backoff * 2, 0.1), 2.0)
+            )
+            bridge.backoff = backoff
             if backoff:
                 await asyncio.sleep(backoff)
             async with bridge.lock:
@@ -624,7 +675,7 @@ class WsRelay:
                     code = WSCloseCode.INTERNAL_ERROR  # not sendable on the wire
                 await bridge.client.close(code=code, message=b"no ComfyUI backend available")
                 return
-            attached_at = loop.time()
+            bridge.attached_at = loop.time()
 
     async def _reconcile_primary(self, bridge: ClientBridge) -> None:
         serving = self._serving_id()
