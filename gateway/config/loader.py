@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import os
 import typing
@@ -386,6 +385,8 @@ def _unknown_key_message(path: DataPath) -> str:
     if not allowed:
         return "unknown key"
     key = str(path[-1])
+    import difflib  # only for a file with a mistake: not loaded by a gateway that starts fine
+
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key ({hint}allowed: {', '.join(allowed)})"
