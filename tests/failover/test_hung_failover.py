@@ -14,13 +14,16 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import web
 
-from gateway.keys import FORWARDER, REGISTRY
+from gateway.app import HEALTH
+from gateway.keys import FORWARDER, OBSERVERS, REGISTRY
+from gateway.proxy.observer import TrafficObserver
 from gateway.tasks import spawn
-from tests.conftest import wait_for_state
+from tests.conftest import server_url, wait_for_state
 
 TIMEOUT, FALL, INTERVAL = 0.5, 3, 0.5
-HEALTH = {
+HUNG_HEALTH = {
     "timeout": TIMEOUT,
     "fall": FALL,
     "interval": INTERVAL,
@@ -52,7 +55,7 @@ async def test_frozen_backend_traffic_moves_within_timeout_times_fall_plus_one(
 ) -> None:
     a = await backend_process("a")
     b = await backend_process("b")
-    gw = await make_gateway([a.url, b.url], health=HEALTH)
+    gw = await make_gateway([a.url, b.url], health=HUNG_HEALTH)
     registry = gw.app[REGISTRY]
     # What create_app should pass (HttpForwarder(stall_after=...)): the health-check timeout.
     gw.app[FORWARDER].stall_after = lambda: registry.config.health.timeout
@@ -125,3 +128,68 @@ async def test_frozen_backend_traffic_moves_within_timeout_times_fall_plus_one(
     assert "confirmed by a failed check" in down[-1].data["reason"]
     # Requests that were waiting on the frozen backend were answered by b, not failed.
     assert all(o.backend == "b" for o in after)
+
+
+class StallRecorder(TrafficObserver):
+    """Records the data plane's stall reports."""
+
+    def __init__(self) -> None:
+        self.stalls: list[tuple[str, float]] = []
+
+    def upstream_stalled(self, backend: str, waited: float) -> None:
+        self.stalls.append((backend, waited))
+
+
+async def test_a_slow_request_is_reported_as_stalled_and_changes_nothing(
+    start_app,  # type: ignore[no-untyped-def]
+    make_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    """A slow answer (1.2 s) past the health timeout (0.3 s) on a healthy backend: reported, an
+    immediate probe answers, the backend stays up and serving."""
+    slow_running = False
+    probed_meanwhile = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal slow_running
+        if request.path == "/system_stats" and slow_running:
+            probed_meanwhile.set()
+        if request.path == "/object_info":
+            slow_running = True
+            await asyncio.sleep(1.2)
+            slow_running = False
+        return web.json_response({"path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    backend = await start_app(app)
+    # Scheduled probes every 60 s: a probe while the slow request runs is the stall's.
+    gw = await make_gateway(
+        [server_url(backend)],
+        health={"timeout": 0.3, "interval": 60.0, "fast_interval": 60.0, "fall": 3},
+    )
+    registry = gw.app[REGISTRY]
+    gw.app[FORWARDER].stall_after = lambda: registry.config.health.timeout
+    recorder = StallRecorder()
+    gw.app[OBSERVERS].add(recorder)
+    await wait_for_state(registry, lambda: registry.is_up("b0"))
+    changes = [e for e in registry.events.recent() if e.kind in ("server.state", "serving.changed")]
+    fast = await gw.get("/features")  # answered at once: never reported
+    assert fast.status == 200
+    assert recorder.stalls == []
+    resp = await gw.get("/object_info")
+    assert resp.status == 200
+    assert (await resp.json()) == {"path": "/object_info"}
+    assert recorder.stalls  # reported while it waited (the watchdog ticks every 0.5 s)
+    assert all(server == "b0" and 0.3 < waited < 1.3 for server, waited in recorder.stalls)
+    async with asyncio.timeout(5):
+        await probed_meanwhile.wait()  # the stall's out-of-band probe
+    checked = await gw.app[HEALTH].check_now("b0")  # and its result is applied by now
+    assert checked.ok
+    tracker = gw.app[HEALTH].tracker("b0")
+    assert tracker is not None
+    assert not tracker.stall_suspected
+    assert tracker.failures == 0
+    assert registry.is_up("b0")
+    assert registry.serving_id == "b0"
+    after = [e for e in registry.events.recent() if e.kind in ("server.state", "serving.changed")]
+    assert after == changes
