@@ -29,10 +29,11 @@ from gateway.jobs.comfy import ComfyRouter
 from gateway.jobs.recovery import JobRecovery
 from gateway.jobs.tracker import JobTracker
 from gateway.jobs.uploads import UploadCache
-from gateway.keys import BACKENDS, EVENTS, FORWARDER, OBSERVERS, REGISTRY
+from gateway.keys import BACKENDS, EVENTS, FAST_LANE, FORWARDER, OBSERVERS, REGISTRY
 from gateway.observability.logging import attach_event_logging
 from gateway.observability.metrics import GatewayMetrics, metrics_handler
 from gateway.observability.middleware import install_request_context
+from gateway.proxy.fastlane import FastLane
 from gateway.proxy.handler import make_proxy_handler
 from gateway.proxy.http import HttpForwarder
 from gateway.proxy.observer import ObserverChain
@@ -213,8 +214,19 @@ def create_app(
         yield
         uploads.close()
 
+    lane = FastLane(
+        pick=make_picker(registry, pool),
+        observer=observers,
+        handles=router.handles,
+        trust_forwarded=lambda: proxy_settings().trust_forwarded_headers,
+        stall_after=lambda: registry.config.health.timeout,
+        backends=lambda: pool,
+    )
+    app[FAST_LANE] = lane
+
     app.cleanup_ctx.extend(
         [
+            lane.context,
             close_backends,
             close_uploads,
             health_cleanup_ctx(checker, controller),
@@ -229,6 +241,7 @@ def create_app(
         relay=relay,
         pick_serving=lambda: make_picker(registry, pool),
         comfy_hook=lambda: router,
+        earlier_for=lambda request: lane.earlier_for(request.transport),
     )
     admin = create_admin_app(
         registry=registry,

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
-from aiohttp import web
 
 from gateway import __version__
 from gateway.config.models import GatewayConfig, default_config, exposure_problem
@@ -182,8 +181,8 @@ def run(path: Path | None, host: str | None, port: int | None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
+    from gateway import serve
     from gateway.app import create_app
-    from gateway.observability.access_log import AccessLogger
     from gateway.observability.logging import log_banner
 
     _install_uvloop()
@@ -195,15 +194,7 @@ def run(path: Path | None, host: str | None, port: int | None) -> int:
         active=config.preferred_id,
         config=str(store.path) if store.path else "built-in default",
     )
-    web.run_app(
-        app,
-        host=listen.host,
-        port=listen.port,
-        shutdown_timeout=10.0,
-        handler_cancellation=True,
-        print=log_banner,
-        access_log_class=AccessLogger,
-    )
+    serve.run(app, host=listen.host, port=listen.port, shutdown_timeout=10.0, print=log_banner)
     return 0
 
 

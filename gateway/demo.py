@@ -14,7 +14,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import structlog
-from aiohttp import web
 
 from gateway.config.models import GatewayConfig
 
@@ -66,8 +65,8 @@ def stop_backend(process: subprocess.Popen[str]) -> None:
 
 def run_demo(host: str, port: int, job_duration: float) -> int:
     """Run the demo until interrupted; return the exit code."""
+    from gateway import serve
     from gateway.app import create_app
-    from gateway.observability.access_log import AccessLogger
     from gateway.observability.logging import log_banner
 
     with ExitStack() as stack:
@@ -92,14 +91,12 @@ def run_demo(host: str, port: int, job_duration: float) -> int:
         print(f"  ComfyUI API and web UI:  http://{host}:{port}/", flush=True)
         print(f"  dashboard:               http://{host}:{port}/gateway/", flush=True)
         print("  stop with Ctrl+C", flush=True)
-        web.run_app(
+        serve.run(
             create_app(config),
             host=host,
             port=port,
             print=log_banner,
-            access_log_class=AccessLogger,
-            handler_cancellation=True,
             shutdown_timeout=5.0,
-            access_log=None,
+            access_log=False,
         )
     return 0

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.events import EventBus
+    from gateway.proxy.fastlane import FastLane
     from gateway.proxy.http import HttpForwarder
     from gateway.proxy.observer import ObserverChain
     from gateway.proxy.upstream import BackendPool
@@ -18,6 +19,8 @@ EVENTS: web.AppKey[EventBus] = web.AppKey("events")
 BACKENDS: web.AppKey[BackendPool] = web.AppKey("backends")
 OBSERVERS: web.AppKey[ObserverChain] = web.AppKey("observers")
 FORWARDER: web.AppKey[HttpForwarder] = web.AppKey("forwarder")
+FAST_LANE: web.AppKey[FastLane] = web.AppKey("fast_lane")
+"""Plain GETs at the socket level (served by :class:`gateway.serve.GatewayRunner`)."""
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 BACKEND_USED: web.RequestKey[str] = web.RequestKey("backend_used", str)

@@ -11,6 +11,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config.models import GatewayConfig
+from gateway.keys import FAST_LANE
+from gateway.serve import GatewayRunner
 
 # Health settings that make state changes happen within tens of milliseconds in tests.
 FAST_HEALTH = {
@@ -47,6 +49,52 @@ def server_url(server: TestServer) -> str:
 
 
 MakeGateway = Callable[..., Awaitable[TestClient]]
+
+
+class GatewayTestServer(TestServer):
+    """aiohttp's ``TestServer`` on the gateway's own runner: the fast lane in front."""
+
+    async def _make_runner(self, **kwargs: Any) -> GatewayRunner:
+        return GatewayRunner(self.app, **kwargs)
+
+
+def _is_gateway(app: Any) -> bool:
+    return isinstance(app, web.Application) and FAST_LANE in app
+
+
+@pytest.fixture
+async def aiohttp_server(aiohttp_server: Any) -> Any:
+    """pytest-aiohttp's ``aiohttp_server``, serving gateway apps the way the CLI does.
+
+    Every in-process gateway of the suite thus runs behind the fast lane
+    (:mod:`gateway.proxy.fastlane`), like a real one.
+    """
+    started: list[TestServer] = []
+
+    async def serve(app: Any, *, host: str = "127.0.0.1", port: int | None = None, **kwargs: Any):
+        if not _is_gateway(app):
+            return await aiohttp_server(app, host=host, port=port, **kwargs)
+        server = GatewayTestServer(app, host=host, port=port)
+        kwargs.pop("handler_cancellation", None)  # TestServer always sets it
+        await server.start_server(**kwargs)
+        started.append(server)
+        return server
+
+    yield serve
+    while started:
+        await started.pop().close()
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client: Any, aiohttp_server: Any) -> Any:
+    """pytest-aiohttp's ``aiohttp_client``; gateway apps get a :class:`GatewayTestServer`."""
+
+    async def connect(param: Any, *, server_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        if _is_gateway(param):
+            param = await aiohttp_server(param, **(server_kwargs or {}))
+        return await aiohttp_client(param, **kwargs)
+
+    return connect
 
 
 @pytest.fixture

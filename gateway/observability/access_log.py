@@ -12,10 +12,13 @@ backend that answers (the last one tried). Values are read from the request, not
 log context, as aiohttp does not promise to call the access logger in the handler's context.
 
 Lines go through the same processors as :func:`~gateway.observability.logging.log_direct`
-(context merge, timestamp, redaction, renderer) and are written at once, in order with every
-other line; the stream is flushed once per event-loop iteration rather than once per line (a
-busy proxy finishes several requests per iteration, and a flush is a system call), so a line
-reaches the output within that iteration, before the loop waits for I/O again.
+(context merge, timestamp, redaction, renderer; the fields the gateway produces itself are not
+scanned for secrets, the path and the log context are). They are written in batches: within
+:data:`FLUSH_WITHIN` (0.1 s), or at once when :data:`FLUSH_LINES` are pending, or before any
+other log line (so the output keeps the order in which lines were written), and at exit. A write
+is a system call (per line when ``PYTHONUNBUFFERED`` is set, as in most container images) and
+would cost a busy proxy more than the rest of the line; Envoy flushes its access log every
+second, nginx's ``buffer=`` option batches likewise. :func:`flush` writes them out at once.
 
 Wiring: ``web.run_app(app, access_log_class=AccessLogger)`` (or ``AppRunner(app,
 access_log_class=AccessLogger)``). Turn the log off with ``configure_logging(access_log=False)``
@@ -25,10 +28,11 @@ access_log_class=AccessLogger)``). Turn the log off with ``configure_logging(acc
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextvars
 import logging
 import time
-from typing import Any, TextIO
+from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -39,7 +43,7 @@ from gateway.keys import BACKEND_USED, REQUEST_ID
 from gateway.observability import logging as obs_logging
 from gateway.observability.logging import ACCESS_LOGGER_NAME, log_direct, redact_secrets
 
-__all__ = ["BACKEND_USED", "AccessLogger"]
+__all__ = ["BACKEND_USED", "AccessLogger", "write_access_line"]
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -61,7 +65,7 @@ class AccessLogger(AbstractAccessLogger):
             server = request.get(BACKEND_USED)
             if server is not None:  # else a ``server`` bound on the log context, if any
                 fields["server"] = server
-            _write(fields)
+            write_access_line(fields)
         except Exception:  # the access log must never break a request
             return
 
@@ -71,11 +75,24 @@ class AccessLogger(AbstractAccessLogger):
         return logging.getLogger(ACCESS_LOGGER_NAME).isEnabledFor(logging.INFO)
 
 
-_unflushed: list[TextIO] = []
+FLUSH_WITHIN = 0.1
+"""Seconds within which a written access line reaches the output."""
+FLUSH_LINES = 64
+"""Pending access lines that make a write at once."""
+_TRUSTED = frozenset(
+    {"event", "method", "status", "duration_s", "bytes_sent", "request_id", "remote", "server"}
+)
+"""Access-line fields the gateway produces itself, never able to carry a secret: the method is
+an HTTP token, the request id matches ``[A-Za-z0-9._:-]``, the rest are numbers, an address and
+a configured server id. The ``path`` and whatever the log context adds are scanned."""
 
 
-def _write(fields: dict[str, Any]) -> None:
-    """Render and write one access line; flush at the end of this loop iteration."""
+def write_access_line(fields: dict[str, Any]) -> None:
+    """Render one access line; it reaches the output within :data:`FLUSH_WITHIN` seconds.
+
+    Also used by the fast lane (:mod:`gateway.proxy.fastlane`), which logs its requests
+    without aiohttp's request objects.
+    """
     direct = obs_logging._direct  # the configured processors and handler (log_direct's)
     if direct is None:
         log_direct(ACCESS_LOGGER_NAME, "info", fields)
@@ -90,19 +107,17 @@ def _write(fields: dict[str, Any]) -> None:
         for processor in processors:
             line = processor(None, "info", line)
     handler = direct.handler
-    with handler.lock:  # type: ignore[union-attr]
-        out = handler.stream
-        out.write(f"{line}\n")
-    if out in _unflushed:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        out.flush()
-        return
-    if not _unflushed:
-        loop.call_soon(_flush)
-    _unflushed.append(out)
+    if handler is not _pending.handler:
+        _pending.switch_to(handler)
+    lines = _pending.lines
+    lines.append(f"{line}\n")
+    if len(lines) >= FLUSH_LINES:
+        flush()
+    elif len(lines) == 1:
+        try:
+            asyncio.get_running_loop().call_later(FLUSH_WITHIN, flush)
+        except RuntimeError:  # no loop: nothing would flush later
+            flush()
 
 
 def _is_standard(processors: list[Any]) -> bool:
@@ -131,11 +146,14 @@ def _standard_chain(fields: dict[str, Any]) -> dict[str, Any]:
         "logger": ACCESS_LOGGER_NAME,
     }
     out.update(fields)
+    scan = {key: value for key, value in fields.items() if key not in _TRUSTED}
     for var, value in contextvars.copy_context().items():
         name = var.name
-        if name.startswith("structlog_") and value is not Ellipsis:
-            out.setdefault(name[10:], value)
-    return redact_secrets(None, "info", out)
+        if name.startswith("structlog_") and value is not Ellipsis and name[10:] not in out:
+            scan[name[10:]] = value
+    if scan:  # the same redaction as the chain's, on what may hold a secret
+        out.update(redact_secrets(None, "info", scan))
+    return out
 
 
 _second: list[Any] = [-1, ""]
@@ -151,10 +169,47 @@ def _utc_timestamp() -> str:
     return f"{_second[1]}.{micros:06d}Z" if micros else f"{_second[1]}Z"
 
 
-def _flush() -> None:
-    while _unflushed:
-        out = _unflushed.pop()
-        try:
+class _Pending:
+    """Access lines written but not yet out, and the handler they go to."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.handler: logging.Handler | None = None
+
+    def switch_to(self, handler: logging.Handler) -> None:
+        """Send what is pending to the old handler; buffer for ``handler`` from now on.
+
+        Every other line goes through ``handler``'s filters first: one of them writes the
+        pending access lines, so the output keeps the order in which lines were written.
+        """
+        flush()
+        self.handler = handler
+        if _write_pending_first not in handler.filters:
+            handler.addFilter(_write_pending_first)
+
+
+_pending = _Pending()
+
+
+def flush() -> None:
+    """Write the pending access lines out (one write for all of them) and flush."""
+    lines, handler = _pending.lines, _pending.handler
+    if not lines or handler is None:
+        return
+    text = "".join(lines)
+    lines.clear()
+    try:
+        with handler.lock:  # type: ignore[union-attr]
+            out = handler.stream  # type: ignore[attr-defined]
+            out.write(text)
             out.flush()
-        except Exception:  # a closed or broken stream must not break the loop
-            continue
+    except Exception:  # a closed or broken stream must not break the loop
+        return
+
+
+def _write_pending_first(record: logging.LogRecord) -> bool:
+    flush()
+    return True
+
+
+atexit.register(flush)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from gateway.proxy.http import HttpForwarder, PickBackend
+from gateway.proxy.http import EarlierAttempt, HttpForwarder, PickBackend
 from gateway.proxy.websocket import WsRelay
 
 ComfyHook = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
@@ -35,8 +35,12 @@ def make_proxy_handler(
     relay: WsRelay,
     pick_serving: Callable[[], PickBackend],
     comfy_hook: Callable[[], ComfyHook | None],
+    earlier_for: Callable[[web.Request], EarlierAttempt | None] = lambda request: None,
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """Return the catch-all handler."""
+    """Return the catch-all handler.
+
+    ``earlier_for(request)`` says how the fast lane fared with a request it handed over.
+    """
 
     async def proxy(request: web.Request) -> web.StreamResponse:
         if is_websocket_upgrade(request):
@@ -47,6 +51,6 @@ def make_proxy_handler(
             answer = await hook(request)
             if answer is not None:
                 return forwarder.report(request, answer, started)
-        return await forwarder.forward(request, pick_serving())
+        return await forwarder.forward(request, pick_serving(), earlier=earlier_for(request))
 
     return proxy

@@ -68,6 +68,20 @@ def error_response(
     return web.json_response({"error": error}, status=status)
 
 
+class EarlierAttempt:
+    """How a request fared before it reached :meth:`HttpForwarder.forward` (see there)."""
+
+    __slots__ = ("backend_id", "cause", "failure", "tried")
+
+    def __init__(
+        self, tried: frozenset[str], backend_id: str, cause: str, failure: web.Response
+    ) -> None:
+        self.tried = tried
+        self.backend_id = backend_id
+        self.cause = cause
+        self.failure = failure
+
+
 class BodyTooLarge(Exception):
     """The client's streamed body exceeded the configured limit."""
 
@@ -153,8 +167,14 @@ class HttpForwarder:
         *,
         body: bytes | None = None,
         path_qs: str | None = None,
+        earlier: EarlierAttempt | None = None,
     ) -> web.StreamResponse:
-        """Forward ``request`` (or ``body`` in place of its body) and return the answer."""
+        """Forward ``request`` (or ``body`` in place of its body) and return the answer.
+
+        ``earlier``: the request was already tried (and failed, unanswered) on some backends,
+        by the fast lane (:mod:`gateway.proxy.fastlane`), which reported those failures: the
+        walk goes on from the next backend, and ends with that failure if none is left.
+        """
         started = time.perf_counter()
         group = route_group(request.path)
         limit = 0  # only a body streamed from the client is limited here
@@ -176,6 +196,9 @@ class HttpForwarder:
         tried: set[str] = set()
         backend_id: str | None = None
         failure_cause = ""
+        if earlier is not None:
+            tried.update(earlier.tried)
+            backend_id, failure_cause, failure = earlier.backend_id, earlier.cause, earlier.failure
         raw = path_qs if path_qs is not None else request.raw_path
         while (backend := pick(frozenset(tried))) is not None:
             tried.add(backend.id)

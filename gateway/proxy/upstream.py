@@ -37,6 +37,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.config.models import GatewayConfig, ServerConfig
+from gateway.proxy.rawpool import RawPool
 from gateway.tasks import spawn
 
 
@@ -48,6 +49,9 @@ class Backend:
         self.id = server.id
         self.base_url = URL(server.url)
         self.auth_headers = _auth_headers(server)
+        self.raw_auth_names = frozenset(name.lower().encode() for name in self.auth_headers)
+        """The lower-case names of :attr:`auth_headers` (a client's headers of these names
+        never reach the backend)."""
         auth = server.auth
         self.query_token = (
             auth.query_token.get_secret_value() if auth and auth.query_token else None
@@ -60,6 +64,8 @@ class Backend:
         self._session: aiohttp.ClientSession | None = None
         self._ws_session: aiohttp.ClientSession | None = None
         self._http: Http1Pool | None = None
+        self._raw: RawPool | None = None
+        self._raw_auth: bytes | None = None
         base_path = self.base_url.raw_path.rstrip("/")
         self._target_prefix = base_path
         self.host_header = self.base_url.host_port_subcomponent or ""
@@ -71,6 +77,32 @@ class Backend:
         if self._http is None:
             self._http = Http1Pool(self)
         return self._http
+
+    @property
+    def raw(self) -> RawPool:
+        """Return this backend's raw connections for the fast lane (slots shared with http)."""
+        if self._raw is None:
+            url = self.base_url
+            self._raw = RawPool(
+                host=url.raw_host or "",
+                port=url.port,
+                use_tls=url.scheme == "https",
+                slots=self.http,
+                connect_timeout=self.server.timeouts.connect,
+                keepalive=KEEPALIVE,
+            )
+        return self._raw
+
+    @property
+    def raw_auth(self) -> bytes:
+        """Return this backend's credentials as header lines (``Name: value\\r\\n`` each)."""
+        lines = self._raw_auth
+        if lines is None:
+            lines = self._raw_auth = b"".join(
+                f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+                for name, value in self.auth_headers.items()
+            )
+        return lines
 
     def target(self, raw_path_qs: str) -> str:
         """Return the request target (path and query, still encoded) for a client's raw one.
@@ -155,6 +187,8 @@ class Backend:
 
     async def close(self) -> None:
         """Close the connection pools."""
+        if self._raw is not None:
+            self._raw.close()
         if self._http is not None:
             self._http.close()
         if self._session is not None:
@@ -374,6 +408,18 @@ class Http1Pool:
         except OSError as exc:
             raise aiohttp.ClientConnectorError(self._key, exc) from exc
         return proto
+
+    def take_slot(self) -> bool:
+        """Take one of the ``max_connections`` slots if one is free and nobody waits for it."""
+        if self._in_use < self._limit and not self._waiters and not self._closed:
+            self._in_use += 1
+            return True
+        return False
+
+    def give_back_slot(self) -> None:
+        """Give back a slot taken with :meth:`take_slot`."""
+        self._in_use -= 1
+        self._wake()
 
     def _release(self, proto: ResponseHandler, *, reusable: bool) -> None:
         self._in_use -= 1

@@ -53,6 +53,7 @@ from gateway.config.models import GatewayConfig
 from gateway.config.store import ConfigStore, to_yaml
 from gateway.jobs import refs
 from gateway.keys import EVENTS, REGISTRY
+from gateway.serve import GatewayRunner
 from gateway.testing import example_prompt, png_text
 from gateway.testing.processes import BackendProcess
 
@@ -192,7 +193,7 @@ class Gateway:
         self.settings = settings
         self.backends = backends
         self.path = settings.work_dir / "gateway.yaml"
-        self.runner: web.AppRunner | None = None
+        self.runner: GatewayRunner | None = None
         self.app: web.Application | None = None
         self.url = ""
         self.events: list[tuple[float, str, dict[str, Any]]] = []
@@ -240,7 +241,7 @@ class Gateway:
                 self.events.append((_now(), event.kind, dict(event.data)))
 
         app[EVENTS].add_listener(record)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        runner = GatewayRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

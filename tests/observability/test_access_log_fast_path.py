@@ -45,7 +45,8 @@ def render_both(fmt: str) -> tuple[str, str]:
         request_id="ctx-id", prompt_id="p-1", api_key="k", method="POST"
     )
     assert access_log._is_standard(obs_logging._direct.processors)  # type: ignore[union-attr]
-    access_log._write(fields())
+    access_log.write_access_line(fields())
+    access_log.flush()
     fast = out.getvalue()
     out.seek(0)
     out.truncate()

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from gateway.keys import REQUEST_ID
+from gateway.observability import access_log
 from gateway.observability.access_log import BACKEND_USED, AccessLogger
 from gateway.observability.logging import configure_logging, reset_logging
 from gateway.observability.middleware import install_request_context, request_id_from
@@ -168,6 +169,7 @@ async def test_access_log_writes_one_structured_line_per_request(
         await sock.send_str("hi")
         await sock.receive_str()
     await client.close()  # the websocket's access line is written when its handler returns
+    access_log.flush()  # lines are batched (out within FLUSH_WITHIN seconds)
 
     lines = [line for line in json_lines(capsys.readouterr().out) if line["event"] == "request"]
     first = lines[0]
