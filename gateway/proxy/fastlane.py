@@ -232,6 +232,7 @@ class FrontConnection(asyncio.Protocol):
 
     __slots__ = (
         "_backend",
+        "_block",
         "_body",
         "_buffer",
         "_chunked",
@@ -276,6 +277,7 @@ class FrontConnection(asyncio.Protocol):
         self._complete = False
         self._head_len = 0
         self._backend: Backend | None = None
+        self._block: tuple[Any, ...] | None = None
         self._conn: RawConnection | None = None
         self._request = b""
         self._request_id = b""
@@ -419,9 +421,40 @@ class FrontConnection(asyncio.Protocol):
         return True
 
     def _upstream_request(self, url: bytes, path: str) -> tuple[Backend, bytes] | None:
-        """Return the backend and the request head for it, or None (full path)."""
+        """Return the backend and the request head for it, or None (full path).
+
+        A client sends the same headers on most requests of a connection: the header block
+        built for the previous request is reused when the headers, the backend and the
+        forwarded-headers setting are the same (only the target and the request id change).
+        """
         lane = self._lane
+        backend = lane.pick(frozenset())
+        if backend is None:
+            return None  # the full path answers 503
         trust = lane.trust_forwarded()
+        headers = self._headers
+        block = self._block
+        if block is None or block[0] is not backend or block[1] != trust or block[2] != headers:
+            built = self._header_block(backend, trust)
+            if built is None:
+                return None
+            block = self._block = (backend, trust, headers, *built)
+        rid = self._request_id = request_id_from(block[3]).encode()
+        target = backend.target(url.decode("ascii")).encode("latin-1")
+        return backend, b"GET %s HTTP/1.1\r\n%sX-Request-ID: %s\r\n%s" % (
+            target,
+            block[4],
+            rid,
+            block[5],
+        )
+
+    def _header_block(
+        self, backend: Backend, trust: bool
+    ) -> tuple[str | None, bytes, bytes] | None:
+        """Return the client's request id, and the header lines before and after it.
+
+        None sends the request to the full path (see the module docstring).
+        """
         host = request_id = forwarded_for = connection = None
         has_proto = has_host = False
         kept: list[tuple[bytes, bytes, bytes]] = []
@@ -459,20 +492,10 @@ class FrontConnection(asyncio.Protocol):
             kept.append((low, name, value))
         if host is None:
             return None
-        backend = lane.pick(frozenset())
-        if backend is None:
-            return None  # the full path answers 503
         drop = backend.raw_auth_names
         if connection is not None:
             drop = drop | {t.strip().lower() for t in connection.split(b",")}
-        rid = request_id_from(
-            request_id.decode("latin-1") if request_id is not None else None
-        ).encode()
-        self._request_id = rid
-        lines = [b"GET %s HTTP/1.1\r\n" % backend.target(url.decode("ascii")).encode("latin-1")]
-        for low, name, value in kept:
-            if not drop or low not in drop:
-                lines.append(b"%s: %s\r\n" % (name, value))
+        lines = [b"%s: %s\r\n" % (name, value) for low, name, value in kept if low not in drop]
         peer = self._peer
         if peer:
             if forwarded_for:
@@ -484,10 +507,9 @@ class FrontConnection(asyncio.Protocol):
             lines.append(b"X-Forwarded-Proto: %s\r\n" % self._scheme)
         if host and not has_host:
             lines.append(b"X-Forwarded-Host: %s\r\n" % host)
-        lines.append(b"X-Request-ID: %s\r\n" % rid)
-        lines.append(backend.raw_auth)
-        lines.append(b"Host: %s\r\n\r\n" % backend.host_header.encode("latin-1"))
-        return backend, b"".join(lines)
+        tail = b"%sHost: %s\r\n\r\n" % (backend.raw_auth, backend.host_header.encode("latin-1"))
+        client_id = request_id.decode("latin-1") if request_id is not None else None
+        return client_id, b"".join(lines), tail
 
     async def _connect(self, pool: RawPool) -> None:
         try:
