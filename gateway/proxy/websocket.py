@@ -42,6 +42,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from gateway.proxy.headers import upstream_request_headers
@@ -137,6 +138,52 @@ class _CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def _release_server_handshake(request: web.Request) -> None:
+    """Drop the HTTP request parser of an upgraded client connection (~1 KB per client).
+
+    After the upgrade aiohttp feeds the connection's bytes to the websocket reader only; the
+    HTTP parser (and the header lists of its last parse) stays referenced until the connection
+    ends. ``RequestHandler._parser`` is private and checked for None wherever aiohttp uses it;
+    ``tests/proxy/test_ws_memory.py`` guards it.
+    """
+    protocol = request.protocol
+    if getattr(protocol, "_upgraded", False) and getattr(protocol, "_parser", None) is not None:
+        protocol._parser = None  # type: ignore[union-attr]
+
+
+def _release_client_handshake(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Drop what an upstream socket keeps of its handshake (~2 KB per socket).
+
+    The 101 response's headers, the request's (with the backend's credentials) and the HTTP
+    response parser of the connection are not used once the websocket reader owns it. All
+    private (``ClientResponse._headers``, ``_raw_headers``, ``_request_info``, ``_cache``,
+    ``ResponseHandler._parser``), guarded by ``tests/proxy/test_ws_memory.py``; left alone when
+    aiohttp's shape differs.
+    """
+    response = getattr(ws, "_response", None)
+    if response is None:
+        return
+    if hasattr(response, "_headers") and hasattr(response, "_raw_headers"):
+        response._headers = _NO_HEADERS
+        response._raw_headers = ()
+    info = getattr(response, "_request_info", None)
+    if isinstance(info, aiohttp.RequestInfo):
+        response._request_info = aiohttp.RequestInfo(
+            info.url, info.method, _NO_HEADERS, info.real_url
+        )
+    cache = getattr(response, "_cache", None)
+    if isinstance(cache, dict):  # aiohttp's reify cache of the same
+        for name in ("headers", "raw_headers", "request_info"):
+            cache.pop(name, None)
+    connection = getattr(response, "connection", None)
+    protocol = getattr(connection, "protocol", None)
+    if getattr(protocol, "_payload_parser", None) is not None and hasattr(protocol, "_parser"):
+        protocol._parser = None  # type: ignore[union-attr]
 
 
 def _coalesce_writes(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse) -> None:
@@ -371,6 +418,7 @@ class WsRelay:
                 )
             await client.prepare(request)
             _coalesce_writes(client)
+            _release_server_handshake(request)
             bridge.ready = True
             bridge.attached_at = asyncio.get_running_loop().time()
             for upstream in bridge.upstreams.values():
@@ -439,6 +487,7 @@ class WsRelay:
             self._observer.upstream_failed(backend_id, "connect", str(exc))
             raise
         _coalesce_writes(ws)
+        _release_client_handshake(ws)
         upstream = _Upstream(backend_id=backend_id, ws=ws)
         if bridge.feature_flags is not None:
             upstream.swallow_flags_reply = True

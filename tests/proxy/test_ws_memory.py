@@ -1,0 +1,66 @@
+"""What an idle relayed websocket keeps: one task of the relay's own, no handshake leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import WSMsgType
+
+from gateway.app import WS_RELAY
+from tests.conftest import server_url
+from tests.proxy.test_ws_relay import echo_ws_app
+
+
+def relay_tasks() -> list[str]:
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("ws-"))
+
+
+async def test_an_idle_client_costs_one_relay_task_and_no_keeper(start_app, make_gateway):
+    backend = await start_app(echo_ws_app())
+    gw = await make_gateway([server_url(backend)])
+    sockets = []
+    for i in range(5):
+        ws = await gw.ws_connect(f"/ws?clientId=idle{i}")
+        await ws.receive_json(timeout=5)
+        sockets.append(ws)
+    assert relay_tasks() == sorted(f"ws-down-idle{i}-b0" for i in range(5))
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_handshake_leftovers_are_released_and_the_relay_still_works(start_app, make_gateway):
+    """Guards the aiohttp internals the relay clears (``_parser``, response headers)."""
+    backend = await start_app(echo_ws_app())
+    gw = await make_gateway([server_url(backend)])
+    async with gw.ws_connect("/ws?clientId=lean") as ws:
+        await ws.receive_json(timeout=5)
+        bridge = gw.app[WS_RELAY].bridge("lean")
+        assert bridge is not None
+        assert bridge.request.protocol._parser is None
+        assert bridge.request.headers["Upgrade"].lower() == "websocket"  # still readable
+        (upstream,) = bridge.upstreams.values()
+        response = upstream.ws._response
+        assert len(response.headers) == 0
+        assert len(response.request_info.headers) == 0
+        assert response.connection.protocol._parser is None
+        await ws.send_str('{"after": "release"}')
+        assert await ws.receive_str(timeout=5) == '{"after": "release"}'
+        await ws.send_bytes(b"\x00" * 70000)
+        assert await ws.receive_bytes(timeout=5) == b"\x00" * 70000
+    # the upstream closes with the client, and the backend's close reaches the relay
+    for _ in range(100):
+        if not bridge.upstreams and upstream.ws.closed:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.ws.closed
+
+
+async def test_backend_close_after_release_reaches_the_client(start_app, make_gateway):
+    backend = await start_app(echo_ws_app(close_code=4001))
+    gw = await make_gateway([server_url(backend)])
+    async with gw.ws_connect("/ws") as ws:
+        await ws.receive_json(timeout=5)
+        await ws.send_str("close please")
+        msg = await ws.receive(timeout=10)
+        assert msg.type == WSMsgType.CLOSE
+        assert msg.data == 4001
