@@ -1,10 +1,13 @@
 """Which backend one request goes to. Pure: reads the registry, does no I/O.
 
 :func:`candidates` lists the servers a request may try, in order; the HTTP forwarder and the
-websocket relay walk it, passing the ids they already tried. The forwarder moves on to the next
-candidate only when the connection was refused or failed before anything was sent (a
-``POST /prompt`` that reached a backend is never replayed), so every entry after the first is a
-*retry candidate for a refused connection*.
+websocket relay walk it, passing the ids they already tried. A first attempt usually goes to the
+serving server: :func:`pick_backend` then answers from :func:`first_choice` without ranking every
+server (same answer as ``candidates(registry)[0]``, a property test keeps them equal).
+
+The forwarder moves on to the next candidate only when the connection was refused or failed
+before anything was sent (a ``POST /prompt`` that reached a backend is never replayed), so every
+entry after the first is a *retry candidate for a refused connection*.
 
 Rules:
 
