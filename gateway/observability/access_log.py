@@ -41,7 +41,12 @@ from structlog.processors import TimeStamper
 
 from gateway.keys import BACKEND_USED, REQUEST_ID
 from gateway.observability import logging as obs_logging
-from gateway.observability.logging import ACCESS_LOGGER_NAME, log_direct, redact_secrets
+from gateway.observability.logging import (
+    ACCESS_LOGGER_NAME,
+    log_direct,
+    redact_secrets,
+    redact_text,
+)
 
 __all__ = ["BACKEND_USED", "AccessLogger", "write_access_line"]
 
@@ -80,7 +85,17 @@ FLUSH_WITHIN = 0.1
 FLUSH_LINES = 64
 """Pending access lines that make a write at once."""
 _TRUSTED = frozenset(
-    {"event", "method", "status", "duration_s", "bytes_sent", "request_id", "remote", "server"}
+    {
+        "event",
+        "method",
+        "path",  # scanned on its own (below)
+        "status",
+        "duration_s",
+        "bytes_sent",
+        "request_id",
+        "remote",
+        "server",
+    }
 )
 """Access-line fields the gateway produces itself, never able to carry a secret: the method is
 an HTTP token, the request id matches ``[A-Za-z0-9._:-]``, the rest are numbers, an address and
@@ -146,7 +161,10 @@ def _standard_chain(fields: dict[str, Any]) -> dict[str, Any]:
         "logger": ACCESS_LOGGER_NAME,
     }
     out.update(fields)
-    scan = {key: value for key, value in fields.items() if key not in _TRUSTED}
+    path = fields.get("path")
+    if type(path) is str:
+        out["path"] = redact_text(path)  # what redact_secrets does with a plain string
+    scan = {key: fields[key] for key in fields.keys() - _TRUSTED}
     for var, value in contextvars.copy_context().items():
         name = var.name
         if name.startswith("structlog_") and value is not Ellipsis and name[10:] not in out:

@@ -119,6 +119,8 @@ _HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
+_PLAIN_ANSWER_HEADERS = frozenset({b"content-type", b"cache-control", b"etag", b"last-modified"})
+"""Common answer headers that need no decision (a shortcut past the checks below)."""
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus}
 _SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 _ACCESS = logging.getLogger(ACCESS_LOGGER_NAME)
@@ -127,6 +129,23 @@ _ACCESS = logging.getLogger(ACCESS_LOGGER_NAME)
 _IDLE, _CONNECTING, _WAITING, _STREAMING, _HANDED, _CLOSED = range(6)
 
 Pick = Callable[[frozenset[str]], "Backend | None"]
+
+
+def _rebuilt(headers: list[tuple[bytes, bytes]], upstream_chunked: bool) -> list[bytes]:
+    """Return the answer's header lines without hop-by-hop and ``Connection``-listed ones."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    lines = []
+    for name, value in headers:
+        low = name.lower()
+        if low in _HOP_BY_HOP or low in listed:
+            continue
+        if upstream_chunked and low == b"content-length":
+            continue  # Transfer-Encoding wins (RFC 9112 §6.3); the lane re-frames
+        lines.append(b"%s: %s\r\n" % (name, value))
+    return lines
 
 
 class FastLane:
@@ -534,8 +553,14 @@ class FrontConnection(asyncio.Protocol):
 
     # -- the answer (RawConnection callbacks) --------------------------------------------
 
-    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """Send the answer's head to the client (see the module docstring for the rules)."""
+    def upstream_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], raw: bytes | None = None
+    ) -> None:
+        """Send the answer's head to the client (see the module docstring for the rules).
+
+        The backend's header lines are passed on as received (``raw``) when none of them has
+        to go; else they are rebuilt one by one.
+        """
         if self._state != _WAITING:
             return
         self._state = _STREAMING
@@ -547,20 +572,15 @@ class FrontConnection(asyncio.Protocol):
             observer.upstream_succeeded(backend_id)
         lines = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status]
         length = None
-        upstream_chunked = has_id = has_date = has_server = False
-        listed: set[bytes] | None = None
-        kept: list[tuple[bytes, bytes]] = []
+        upstream_chunked = has_id = has_date = has_server = hop = False
         for name, value in headers:
             low = name.lower()
-            if low in _HOP_BY_HOP:
-                if low == b"transfer-encoding":
-                    upstream_chunked = True
-                elif low == b"connection":
-                    listed = (listed or set()) | {
-                        t.strip().lower() for t in value.split(b",") if t.strip()
-                    }
+            if low in _PLAIN_ANSWER_HEADERS:
                 continue
-            if low == b"content-length":
+            if low in _HOP_BY_HOP:
+                hop = True
+                upstream_chunked = upstream_chunked or low == b"transfer-encoding"
+            elif low == b"content-length":
                 length = value
             elif low == b"x-request-id":
                 has_id = True
@@ -568,13 +588,10 @@ class FrontConnection(asyncio.Protocol):
                 has_date = True
             elif low == b"server":
                 has_server = True
-            kept.append((low, b"%s: %s\r\n" % (name, value)))
-        for low, line in kept:
-            if listed and low in listed:
-                continue
-            if upstream_chunked and low == b"content-length":
-                continue  # Transfer-Encoding wins (RFC 9112 §6.3); the lane re-frames
-            lines.append(line)
+        if raw is not None and not hop:
+            lines.append(raw)
+        else:
+            lines += _rebuilt(headers, upstream_chunked)
         if not has_id:
             lines.append(b"X-Request-ID: %s\r\n" % self._request_id)
         if not has_date:

@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 class AnswerSink(Protocol):
     """Who receives a backend's answer: the fast lane's client connection."""
 
-    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        """The answer's status and headers arrived (interim 1xx answers are never passed)."""
+    def upstream_head(
+        self, status: int, headers: list[tuple[bytes, bytes]], raw: bytes | None
+    ) -> None:
+        """The answer's status and headers arrived (interim 1xx answers are never passed).
+
+        ``raw``, when known, is the header lines exactly as received (``Name: value\\r\\n``
+        each, in order, one per entry of ``headers``).
+        """
 
     def upstream_body(self, data: bytes) -> None:
         """A piece of the (de-chunked) body arrived."""
@@ -48,7 +54,9 @@ class RawConnection(asyncio.Protocol):
     """One kept-alive HTTP/1.1 connection to a backend, answering one request at a time."""
 
     __slots__ = (
+        "_data",
         "_done",
+        "_head_first",
         "_headers",
         "_interim",
         "closed",
@@ -69,6 +77,8 @@ class RawConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
         self._done = False
+        self._head_first = False  # the next read starts with an answer's status line
+        self._data: bytes | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -80,6 +90,8 @@ class RawConnection(asyncio.Protocol):
         if sink is None:  # a backend must not talk while no request is out: drop it
             self.close()
             return
+        self._data = data if self._head_first else None
+        self._head_first = False
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
@@ -110,12 +122,13 @@ class RawConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         headers, self._headers = self._headers, []
         status = self.parser.get_status_code()
+        data, self._data = self._data, None
         if status < 200 and status != 101:
             self._interim = True  # 100 Continue, 103 Early Hints: skipped, as aiohttp does
             return
         self.keep_alive = self.parser.should_keep_alive()
         if self.sink is not None:
-            self.sink.upstream_head(status, headers)
+            self.sink.upstream_head(status, headers, _header_lines(data, len(headers)))
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
@@ -133,6 +146,7 @@ class RawConnection(asyncio.Protocol):
         """Send ``request`` (a whole request head) and pass its answer to ``sink``."""
         self.sink = sink
         self._done = False
+        self._head_first = True
         self.transport.write(request)  # type: ignore[union-attr]
 
     def detach(self) -> None:
@@ -165,6 +179,18 @@ class RawConnection(asyncio.Protocol):
         sink, self.sink = self.sink, None
         if sink is not None:
             sink.upstream_lost(self, exc)
+
+
+def _header_lines(data: bytes | None, count: int) -> bytes | None:
+    """Return the header lines of the answer that ``data`` starts with, if all are in it."""
+    if data is None:
+        return None
+    start = data.find(b"\r\n") + 2
+    end = data.find(b"\r\n\r\n", start - 2)
+    if start < 2 or end < 0:
+        return None
+    lines = data[start : end + 2]
+    return lines if lines.count(b"\r\n") == count else None  # else: folded lines
 
 
 class RawPool:
