@@ -62,6 +62,9 @@ AttachHook = Callable[[str, str], Awaitable[None]]
 DROP: dict[str, Any] = {}
 """Returned by a message hook to drop a message (compared by identity)."""
 
+_ENDS = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR})
+"""What ``receive()`` returns when a socket is done (``async for`` stops on the first three)."""
+
 COALESCE_MAX = 16 * 1024
 """Frames up to this size written in one event-loop iteration leave in one ``write``."""
 
@@ -553,9 +556,11 @@ class WsRelay:
     async def _run(self, bridge: ClientBridge) -> None:
         """Relay client → primary upstream in the handler's task until the client goes."""
         client = bridge.client
+        receive = client.receive
         relayed = self._observer.ws_relayed
         try:
-            async for msg in client:
+            while True:
+                msg = await receive()
                 kind = msg.type
                 if kind is WSMsgType.TEXT:
                     data = msg.data
@@ -567,7 +572,7 @@ class WsRelay:
                 elif kind is WSMsgType.BINARY:
                     data = msg.data
                     binary = True
-                elif kind is WSMsgType.ERROR:
+                elif kind in _ENDS:
                     break
                 else:
                     continue
@@ -591,9 +596,11 @@ class WsRelay:
         """Relay one upstream → client until that upstream closes."""
         client = bridge.client
         backend_id = upstream.backend_id
+        receive = upstream.ws.receive
         relayed = self._observer.ws_relayed
         try:
-            async for msg in upstream.ws:
+            while True:
+                msg = await receive()
                 kind = msg.type
                 if kind is WSMsgType.TEXT:
                     text = self._downstream_text(bridge, upstream, msg.data)
@@ -609,7 +616,7 @@ class WsRelay:
                     data = msg.data
                     await client.send_bytes(data)
                     relayed("to_client", backend_id, True, len(data))
-                elif kind is WSMsgType.ERROR:
+                elif kind in _ENDS:
                     break
         except (ConnectionError, RuntimeError):
             pass
@@ -657,7 +664,12 @@ class WsRelay:
         """Return the text to pass to the client (maybe rewritten by hooks), or None to drop."""
         if not upstream.swallow_flags_reply and upstream.backend_id == bridge.primary:
             # From the primary the relay itself drops nothing: only the hooks may care.
-            keywords = self._hook_keywords()
+            hooks = self.message_hooks
+            keywords = (
+                self._keywords
+                if self._keywords_key == (id(hooks), len(hooks))
+                else self._hook_keywords()
+            )
             if keywords is not None:
                 for word in keywords:
                     if word in text:
