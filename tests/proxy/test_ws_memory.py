@@ -64,3 +64,15 @@ async def test_backend_close_after_release_reaches_the_client(start_app, make_ga
         msg = await ws.receive(timeout=10)
         assert msg.type == WSMsgType.CLOSE
         assert msg.data == 4001
+
+
+async def test_no_permessage_deflate_is_negotiated_with_clients(start_app, make_gateway):
+    """Browsers offer it; zlib state would cost ~85 KB per socket and CPU per message."""
+    backend = await start_app(echo_ws_app())
+    gw = await make_gateway([server_url(backend)])
+    async with gw.ws_connect("/ws", compress=15) as ws:
+        assert ws._response.headers.get("Sec-WebSocket-Extensions") is None
+        assert ws.compress == 0
+        await ws.receive_json(timeout=5)
+        await ws.send_str('{"plain": true}')
+        assert await ws.receive_str(timeout=5) == '{"plain": true}'
