@@ -8,6 +8,7 @@ the run's temporary directory, addressed by its own PID, and stopped (SIGTERM, t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -54,10 +55,49 @@ def require_tools(names: Iterable[str]) -> None:
         )
 
 
+GATEWAY_SCRIPT: list[str] = []
+"""The gateway's command, once :func:`use_runtime_install` or :func:`use_current_env` chose."""
+
+
 def gateway_command() -> list[str]:
-    """Return how a user starts the gateway: the ``comfyui-gateway`` script if installed."""
+    """Return how the benchmark starts the gateway (see :func:`use_runtime_install`)."""
+    if GATEWAY_SCRIPT:
+        return GATEWAY_SCRIPT
     script = shutil.which("comfyui-gateway")
     return [script] if script else [sys.executable, "-m", "gateway"]
+
+
+def use_current_env() -> str:
+    """Run the gateway from this environment (test tools and all); return a description."""
+    GATEWAY_SCRIPT[:] = gateway_command()
+    return f"this environment ({' '.join(GATEWAY_SCRIPT)})"
+
+
+def use_runtime_install(repo: Path, cache: Path) -> str:
+    """Run the gateway as deployed: ``pip install '.[speed]'`` into a virtualenv of its own.
+
+    That is what the Dockerfile does: runtime dependencies only (no test tools, whose extras
+    change the gateway's memory: structlog imports ``rich`` when it is installed) and compiled
+    bytecode. The virtualenv is kept in ``cache`` and rebuilt when the sources change.
+    """
+    digest = hashlib.sha256()
+    for path in sorted([repo / "pyproject.toml", *(repo / "gateway").rglob("*")]):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(repo)).encode() + b"\0" + path.read_bytes())
+    venv = cache / f"venv-{digest.hexdigest()[:16]}"
+    script = venv / "bin" / "comfyui-gateway"
+    if not script.exists():
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        print(f"installing the gateway into {venv} (pip install '.[speed]')", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{repo}[speed]"],
+            check=True,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+        )
+    GATEWAY_SCRIPT[:] = [str(script)]
+    return f"`pip install '.[speed]'` in a virtualenv of its own ({venv.name})"
 
 
 def raise_nofile(target: int = 65536) -> int:

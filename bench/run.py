@@ -58,6 +58,8 @@ from bench.harness import (
     require_tools,
     run_client,
     spread,
+    use_current_env,
+    use_runtime_install,
     wrk,
 )
 
@@ -827,6 +829,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     parser.add_argument("--json", type=Path, help="write every measured value to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument(
+        "--gateway-from",
+        choices=("install", "env"),
+        default="install",
+        help="run the gateway from its own `pip install '.[speed]'` virtualenv, as deployed "
+        "(default; cached in bench/.runtime), or from this environment",
+    )
     args = parser.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
@@ -846,7 +855,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 2
     raise_nofile()
+    repo = Path(__file__).resolve().parent.parent
+    if args.gateway_from == "install":
+        gateway_from = use_runtime_install(repo, repo / "bench" / ".runtime")
+    else:
+        gateway_from = use_current_env()
     info = machine()
+    info["gateway"] = gateway_from
     command = "python bench/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:]))
     workdir = Path(tempfile.mkdtemp(prefix="comfyui-gateway-bench-"))
     os.chmod(workdir, 0o755)  # nginx's worker reads its temp dirs there
