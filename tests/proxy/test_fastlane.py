@@ -328,3 +328,39 @@ async def test_access_line_of_a_fast_request(aiohttp_server: Any, capsys: Any) -
         await gw.close()
     finally:
         reset_logging()
+
+
+async def test_graceful_shutdown_finishes_answers_in_progress(aiohttp_server: Any) -> None:
+    from gateway.serve import GatewayRunner
+    from gateway.tasks import spawn
+
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            started.set()
+            await asyncio.sleep(0.5)
+        return web.json_response({"system": {}, "devices": []})
+
+    app_b = web.Application()
+    app_b.router.add_route("GET", "/{tail:.*}", slow)
+    backend = await aiohttp_server(app_b)
+    app = create_app(gateway_config([server_url(backend)]))
+    runner = GatewayRunner(app, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    registry = app[REGISTRY]
+    await wait_for_state(registry, lambda: registry.serving_id is not None)
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = spawn(raw_exchange(port, b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n"), name="slow-get")
+    await asyncio.wait_for(started.wait(), 5)
+    await runner.cleanup()  # while /slow is still being answered
+    ((head, body),) = await asyncio.wait_for(answer, 5)
+    status, headers, _ = parse_head(head)
+    assert status == 200
+    assert headers["connection"] == "close"  # the lane stops keeping connections alive
+    assert json.loads(body) == {"system": {}, "devices": []}
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # the idle one was closed
+    idle_writer.close()
