@@ -118,6 +118,7 @@ def create_app(
         max_body_size=lambda: proxy_settings().max_body_size,
         trust_forwarded=lambda: proxy_settings().trust_forwarded_headers,
         all_down=lambda: all_down(registry),
+        stall_after=lambda: registry.config.health.timeout,
     )
     relay = WsRelay(
         backend_for=pool.get,

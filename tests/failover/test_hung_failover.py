@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from gateway.app import HEALTH
-from gateway.keys import FORWARDER, OBSERVERS, REGISTRY
+from gateway.keys import OBSERVERS, REGISTRY
 from gateway.proxy.observer import TrafficObserver
 from gateway.tasks import spawn
 from tests.conftest import server_url, wait_for_state
@@ -65,8 +65,6 @@ async def test_frozen_backend_traffic_moves_within_timeout_times_fall_plus_one(
     b = await backend_process("b")
     gw = await make_gateway([a.url, b.url], health=HUNG_HEALTH)
     registry = gw.app[REGISTRY]
-    # What create_app should pass (HttpForwarder(stall_after=...)): the health-check timeout.
-    gw.app[FORWARDER].stall_after = lambda: registry.config.health.timeout
     await wait_for_state(registry, lambda: registry.is_up("b0") and registry.is_up("b1"))
     assert registry.serving_id == "b0"
 
@@ -177,7 +175,6 @@ async def test_a_slow_request_is_reported_as_stalled_and_changes_nothing(
         health={"timeout": 0.3, "interval": 60.0, "fast_interval": 60.0, "fall": 3},
     )
     registry = gw.app[REGISTRY]
-    gw.app[FORWARDER].stall_after = lambda: registry.config.health.timeout
     recorder = StallRecorder()
     gw.app[OBSERVERS].add(recorder)
     await wait_for_state(registry, lambda: registry.is_up("b0"))
