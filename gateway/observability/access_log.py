@@ -102,6 +102,10 @@ an HTTP token, the request id matches ``[A-Za-z0-9._:-]``, the rest are numbers,
 a configured server id. The ``path`` and whatever the log context adds are scanned."""
 
 
+_known_chain: list[Any] = [None, False]
+"""The configured chain last seen, and whether it is configure_logging's standard one."""
+
+
 def write_access_line(fields: dict[str, Any]) -> None:
     """Render one access line; it reaches the output within :data:`FLUSH_WITHIN` seconds.
 
@@ -113,7 +117,10 @@ def write_access_line(fields: dict[str, Any]) -> None:
         log_direct(ACCESS_LOGGER_NAME, "info", fields)
         return
     processors = direct.processors
-    if _is_standard(processors):
+    known = _known_chain
+    if known[0] is not direct:  # configure_logging makes a new one: check it once
+        known[0], known[1] = direct, _is_standard(processors)
+    if known[1]:
         line: Any = processors[4](None, "info", _standard_chain(fields))
     else:  # a chain this module does not know: run it as it is
         fields["level"] = "info"
@@ -164,7 +171,8 @@ def _standard_chain(fields: dict[str, Any]) -> dict[str, Any]:
     path = fields.get("path")
     if type(path) is str:
         out["path"] = redact_text(path)  # what redact_secrets does with a plain string
-    scan = {key: fields[key] for key in fields.keys() - _TRUSTED}
+    extra = fields.keys() - _TRUSTED
+    scan = {key: fields[key] for key in extra} if extra else {}
     for var, value in contextvars.copy_context().items():
         name = var.name
         if name.startswith("structlog_") and value is not Ellipsis and name[10:] not in out:
