@@ -207,6 +207,27 @@ def _coalesce_writes(ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse
     writer.transport = _CoalescingTransport(transport, asyncio.get_running_loop())  # type: ignore[union-attr]
 
 
+def _share_compression_state(
+    ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    lock: asyncio.Lock,
+    tasks: set[asyncio.Task[None]],
+) -> None:
+    """Give a writer that does not compress the relay's lock and task set (~0.7 KB a socket).
+
+    aiohttp's writer creates an ``asyncio.Lock`` and a set for compressed frames only (private
+    ``_send_lock`` and ``_background_tasks``); the relay compresses nothing, on either side.
+    Shared ones stay correct should a compressed frame ever be sent (they serialise it with
+    other sockets' compressed frames, which is only slower).
+    """
+    writer = getattr(ws, "_writer", None)
+    if getattr(writer, "compress", None) != 0:
+        return
+    if isinstance(getattr(writer, "_send_lock", None), asyncio.Lock):
+        writer._send_lock = lock  # type: ignore[union-attr]
+    if isinstance(getattr(writer, "_background_tasks", None), set):
+        writer._background_tasks = tasks  # type: ignore[union-attr]
+
+
 @dataclass
 class WsSettings:
     """Knobs of the relay (from ``proxy`` settings)."""
@@ -293,6 +314,8 @@ class WsRelay:
         self.keep_secondary: Callable[[str, str], bool] = lambda client_id, backend_id: False
         self._pins: Counter[tuple[str, str]] = Counter()
         self._keywords: tuple[str, ...] | None = None
+        self._writer_lock = asyncio.Lock()
+        self._writer_tasks: set[asyncio.Task[None]] = set()
         self._keywords_key: tuple[int, int] | None = None
 
     # -- public API used by the app and the job layer ------------------------------------
@@ -427,6 +450,7 @@ class WsRelay:
                 )
             await client.prepare(request)
             _coalesce_writes(client)
+            _share_compression_state(client, self._writer_lock, self._writer_tasks)
             _release_server_handshake(request)
             bridge.ready = True
             bridge.attached_at = asyncio.get_running_loop().time()
@@ -496,6 +520,7 @@ class WsRelay:
             self._observer.upstream_failed(backend_id, "connect", str(exc))
             raise
         _coalesce_writes(ws)
+        _share_compression_state(ws, self._writer_lock, self._writer_tasks)
         _release_client_handshake(ws)
         upstream = _Upstream(backend_id=backend_id, ws=ws)
         if bridge.feature_flags is not None:

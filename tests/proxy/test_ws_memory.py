@@ -43,6 +43,11 @@ async def test_handshake_leftovers_are_released_and_the_relay_still_works(start_
         assert len(response.headers) == 0
         assert len(response.request_info.headers) == 0
         assert response.connection.protocol._parser is None
+        relay = gw.app[WS_RELAY]
+        for writer in (bridge.client._writer, upstream.ws._writer):
+            assert writer.compress == 0
+            assert writer._send_lock is relay._writer_lock
+            assert writer._background_tasks is relay._writer_tasks
         await ws.send_str('{"after": "release"}')
         assert await ws.receive_str(timeout=5) == '{"after": "release"}'
         await ws.send_bytes(b"\x00" * 70000)
