@@ -280,6 +280,7 @@ class FrontConnection(asyncio.Protocol):
         "_status",
         "_transport",
         "_url",
+        "_writing_paused",
     )
 
     def __init__(self, lane: FastLane, fallback: Callable[[], asyncio.Protocol]) -> None:
@@ -291,6 +292,7 @@ class FrontConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._state = _IDLE
         self._reading_paused = False
+        self._writing_paused = False
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._complete = False
@@ -347,10 +349,12 @@ class FrontConnection(asyncio.Protocol):
         self._drop_upstream()
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self._conn is not None:
             self._conn.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self._conn is not None:
             self._conn.resume_reading()
 
@@ -550,6 +554,8 @@ class FrontConnection(asyncio.Protocol):
         self._conn = conn
         self._state = _WAITING
         conn.send(self, self._request)
+        if self._writing_paused:  # the client still has not read the previous answer
+            conn.pause_reading()
 
     # -- the answer (RawConnection callbacks) --------------------------------------------
 
@@ -629,7 +635,8 @@ class FrontConnection(asyncio.Protocol):
     def upstream_flush(self) -> None:
         """Write what the last read from the backend produced, in one system call."""
         out = self._out
-        if not out or self._state == _HANDED:
+        if not out or self._state >= _HANDED:  # handed over or closed
+            out.clear()
             return
         if len(out) == 1:
             self._transport.write(out[0])  # type: ignore[union-attr]

@@ -59,6 +59,7 @@ class RawConnection(asyncio.Protocol):
         "_head_first",
         "_headers",
         "_interim",
+        "_paused",
         "closed",
         "keep_alive",
         "parser",
@@ -76,6 +77,7 @@ class RawConnection(asyncio.Protocol):
         self.keep_alive = True
         self._headers: list[tuple[bytes, bytes]] = []
         self._interim = False
+        self._paused = False
         self._done = False
         self._head_first = False  # the next read starts with an answer's status line
         self._data: bytes | None = None
@@ -167,12 +169,14 @@ class RawConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading from the backend (the client reads slower than it sends)."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._paused:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         """Read from the backend again."""
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self._paused:
+            self._paused = False
             self.transport.resume_reading()
 
     def _lose(self, exc: BaseException | None) -> None:
@@ -259,6 +263,7 @@ class RawPool:
         if reusable and not self._closed and not conn.closed and conn.keep_alive:
             conn.since = now
             conn.sink = None
+            conn.resume_reading()
             self._idle.append(conn)
         else:
             conn.close()

@@ -364,3 +364,27 @@ async def test_graceful_shutdown_finishes_answers_in_progress(aiohttp_server: An
     assert json.loads(body) == {"system": {}, "devices": []}
     assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # the idle one was closed
     idle_writer.close()
+
+
+async def test_a_slow_client_pauses_the_backend(aiohttp_server: Any) -> None:
+    """Flow control: what a client does not read stays in the backend, not in the gateway."""
+    backend = await aiohttp_server(echo_backend())
+    app, gw = await start_gateway(aiohttp_server, [server_url(backend)])
+    size = 32 * 1024 * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /big?size=%d HTTP/1.1\r\nHost: h\r\n\r\n" % size)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert parse_head(head)[1]["content-length"] == str(size)
+    (front,) = app[FAST_LANE].fronts
+    # Not reading: the lane pauses the backend connection once this client's buffer is full.
+    for _ in range(500):  # bounded: 5 s
+        if front._conn is not None and front._conn._paused:
+            break
+        await asyncio.sleep(0.01)
+    assert front._conn._paused
+    assert front._transport.get_write_buffer_size() < 4 * 1024 * 1024
+    body = await asyncio.wait_for(reader.readexactly(size), 30)
+    assert body[:251] == bytes(range(251))
+    writer.close()
+    await gw.close()
