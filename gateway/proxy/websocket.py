@@ -103,13 +103,16 @@ class _CoalescingTransport:
     the transport started closing is dropped (aiohttp would raise on it; the peer is gone).
     """
 
-    __slots__ = ("_loop", "_parts", "_scheduled", "_transport")
+    __slots__ = ("_loop", "_parts", "_scheduled", "_transport", "get_extra_info", "is_closing")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._parts: list[bytes] = []
         self._scheduled = False
+        # The writer asks before every frame: the transport's own methods, no Python frame.
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
 
     def write(self, data: bytes) -> None:
         parts = self._parts
@@ -137,12 +140,6 @@ class _CoalescingTransport:
         if self._transport.is_closing():
             return
         self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
