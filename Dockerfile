@@ -23,7 +23,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-# [speed] adds uvloop, used automatically when present. DL3013 (pin versions) does not apply:
+# [speed] adds uvloop and orjson, used automatically when present. DL3013 (pin versions) does not apply:
 # this installs the project itself; its dependencies' bounds live in pyproject.toml.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[speed]"
