@@ -124,6 +124,10 @@ class ServerRegistry:
         """Return every server's live status."""
         return dict(self._status)
 
+    def find_status(self, server_id: str) -> ServerStatus | None:
+        """Return the live status of a server, or None (no copy: for the hot path)."""
+        return self._status.get(server_id)
+
     def is_up(self, server_id: str) -> bool:
         """Return True when the server is enabled and its last verdict is up."""
         server = self.server(server_id)

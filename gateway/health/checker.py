@@ -533,7 +533,7 @@ class HealthChecker:
 
     def _status(self, slot: _Slot) -> ServerStatus | None:
         """Return the registry status, re-aligning the tracker if someone else changed it."""
-        status = self._registry.statuses().get(slot.server_id)
+        status = self._registry.find_status(slot.server_id)
         if status is None:
             return None
         if status is not slot.status_ref:
@@ -666,7 +666,7 @@ class HealthChecker:
         self._passive_verdict(slot, slot.tracker.observe_success())
 
     def _passive_verdict(self, slot: _Slot, verdict: PassiveVerdict) -> None:
-        status = self._registry.statuses().get(slot.server_id)
+        status = self._registry.find_status(slot.server_id)
         if status is not None:
             status.checking = slot.tracker.transitioning
         if verdict.transition is not None:
