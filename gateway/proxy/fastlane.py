@@ -62,7 +62,7 @@ import httptools
 import structlog
 from aiohttp.http import SERVER_SOFTWARE
 
-from gateway.observability.access_log import write_access_line
+from gateway.observability.access_log import write_request_line
 from gateway.observability.logging import ACCESS_LOGGER_NAME
 from gateway.observability.middleware import request_id_from
 from gateway.proxy.http import RESCUE_AFTER, EarlierAttempt, error_response
@@ -697,19 +697,16 @@ class FrontConnection(asyncio.Protocol):
             backend_id, "GET", route_group(path), status, duration, 0, self._body
         )
         if self._lane.access_log and _ACCESS.isEnabledFor(logging.INFO):
-            fields: dict[str, Any] = {
-                "event": "request",
-                "method": "GET",
-                "path": path,
-                "status": status,
-                "duration_s": round(duration, 6),
-                "bytes_sent": sent,
-                "request_id": self._request_id.decode(),
-                "remote": self._peer.decode() if self._peer is not None else None,
-            }
-            if backend_id is not None:
-                fields["server"] = backend_id
-            write_access_line(fields)
+            write_request_line(
+                "GET",
+                path,
+                status,
+                duration,
+                sent,
+                self._request_id.decode(),
+                self._peer.decode() if self._peer is not None else None,
+                backend_id,
+            )
 
     # -- the sweeper's checks ------------------------------------------------------------
 

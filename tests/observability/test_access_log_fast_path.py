@@ -77,3 +77,48 @@ def test_console_line_matches_the_processor_chain() -> None:
 def test_timestamp_has_structlogs_shape() -> None:
     stamp = access_log._utc_timestamp()
     assert ISO_Z.match(stamp)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ("GET", "/system_stats", 200, 0.000123456, 922, "a" * 32, "127.0.0.1", "gpu-a"),
+        ("GET", '/a"b\\c/token=secret\u00e9', 504, 0.00001, 0, "r-1", None, None),
+        ("GET", "/", 200, 12.5, 10**12, "x", "::1", "b"),
+    ],
+)
+@pytest.mark.parametrize("bound", [False, True])
+def test_request_line_template_matches_the_chain(values: tuple, bound: bool) -> None:
+    """The fast lane's template (write_request_line) writes what write_access_line writes."""
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)  # type: ignore[arg-type]
+    structlog.contextvars.clear_contextvars()
+    if bound:  # a bound log context: merged, so the template steps aside
+        structlog.contextvars.bind_contextvars(prompt_id="p-9")
+    method, path, status, duration, sent, rid, remote, server = values
+    access_log.write_request_line(method, path, status, duration, sent, rid, remote, server)
+    access_log.flush()
+    fast = json.loads(out.getvalue())
+    out.seek(0)
+    out.truncate()
+    fields = {
+        "event": "request",
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration_s": round(duration, 6),
+        "bytes_sent": sent,
+        "request_id": rid,
+        "remote": remote,
+    }
+    if server is not None:
+        fields["server"] = server
+    access_log.write_access_line(fields)
+    access_log.flush()
+    chain = json.loads(out.getvalue())
+    structlog.contextvars.clear_contextvars()
+    assert ISO_Z.match(fast.pop("timestamp"))
+    chain.pop("timestamp")
+    assert list(fast) == list(chain)
+    assert fast == chain
+    assert "secret" not in json.dumps(fast)
