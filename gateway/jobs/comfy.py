@@ -124,9 +124,7 @@ class ComfyRouter:
         requests to the full path (False means: plain forwarding to the serving backend).
         """
         bare = path[4:] if path.startswith("/api/") else path
-        return (method, bare) in self._routes or (
-            method == "GET" and bare.startswith("/history/")
-        )
+        return (method, bare) in self._routes or (method == "GET" and bare.startswith("/history/"))
 
     async def __call__(self, request: web.Request) -> web.StreamResponse | None:
         """Answer ``request`` if it depends on backend state; return None to forward it."""
