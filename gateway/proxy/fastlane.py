@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -65,6 +64,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from gateway.observability.access_log import write_request_line
 from gateway.observability.logging import ACCESS_LOGGER_NAME
 from gateway.observability.middleware import request_id_from
+from gateway.proxy.headers import DROP_UPSTREAM, FORWARDED, HOP_BY_HOP
 from gateway.proxy.http import RESCUE_AFTER, EarlierAttempt, error_response
 from gateway.proxy.observer import TrafficObserver, route_group
 from gateway.tasks import spawn
@@ -88,37 +88,18 @@ SWEEP_EVERY = 0.5
 _FULL_PATH_HEADERS = frozenset(
     {b"content-length", b"transfer-encoding", b"origin", b"upgrade", b"expect"}
 )
-# Request headers never forwarded (gateway.proxy.headers: hop-by-hop, Host, Referer).
-_DROP_UPSTREAM = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"host",
-        b"referer",
-    }
-)
-_FORWARDED = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"}
-)
-# Answer headers never passed to the client (hop-by-hop; framing is the lane's own).
-_HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+
+
+def _lower_bytes(names: Iterable[str]) -> frozenset[bytes]:
+    return frozenset(name.lower().encode() for name in names)
+
+
+# The rules of gateway.proxy.headers, as the lane compares them (lower-case bytes).
+_DROP_UPSTREAM = _lower_bytes(DROP_UPSTREAM)
+"""Request headers never forwarded (those of them in _FULL_PATH_HEADERS never get here)."""
+_FORWARDED = _lower_bytes(FORWARDED)
+_HOP_BY_HOP = _lower_bytes(HOP_BY_HOP)
+"""Answer headers never passed to the client (hop-by-hop; framing is the lane's own)."""
 _PLAIN_ANSWER_HEADERS = frozenset({b"content-type", b"cache-control", b"etag", b"last-modified"})
 """Common answer headers that need no decision (a shortcut past the checks below)."""
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus}
@@ -739,33 +720,29 @@ class FrontConnection(asyncio.Protocol):
             if first is not None and first.id != backend.id:
                 # Traffic moved while this request waited: the full path sends it there.
                 self._hand_over_after(
-                    backend,
-                    f"no answer from {backend.id!r}; moved to {first.id!r}",
-                    error_response(
-                        504,
-                        "upstream_timeout",
-                        f"backend {backend.id!r} did not answer and no other backend could",
-                        backend.id,
-                    ),
+                    EarlierAttempt.moved_away(
+                        backend.id, f"no answer from {backend.id!r}; moved to {first.id!r}"
+                    )
                 )
 
     def _time_out(self, backend: Backend) -> None:
         """Answer 504: the backend took longer than its read timeout."""
         self._drop_upstream()
         self._lane.observer.upstream_failed(backend.id, "timeout", "read timeout")
-        body = json.dumps(
-            {
-                "error": {
-                    "type": "upstream_timeout",
-                    "message": f"backend {backend.id!r} did not answer in time",
-                    "backend": backend.id,
-                }
-            }
-        ).encode()
+        answer = error_response(
+            504, "upstream_timeout", f"backend {backend.id!r} did not answer in time", backend.id
+        )
+        body = answer.body  # the full path's answer to a read timeout, byte for byte
         head = (
-            b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nX-Request-ID: %s\r\nDate: %s\r\n%s\r\n"
-            % (len(body), self._request_id, formatdate(usegmt=True).encode(), _SERVER_LINE)
+            b"%sContent-Type: %s\r\nContent-Length: %d\r\nX-Request-ID: %s\r\nDate: %s\r\n%s\r\n"
+            % (
+                _STATUS_LINES[504],
+                answer.headers["Content-Type"].encode(),
+                len(body),
+                self._request_id,
+                formatdate(usegmt=True).encode(),
+                _SERVER_LINE,
+            )
         )
         self._out.append(head + body)
         del self._buffer[: self._head_len]
@@ -802,54 +779,28 @@ class FrontConnection(asyncio.Protocol):
         assert backend is not None
         if not self._retried:
             self._retried = True
-            taken = backend.raw.take(self._loop.time(), fresh=True)
-            if taken is True:
+            if backend.raw.take(self._loop.time(), fresh=True):  # a slot, for a new connection
                 self._state = _CONNECTING
                 spawn(self._connect(backend.raw), name="fast-lane-connect")
                 return
-            if taken is not False:  # pragma: no cover - fresh never returns a connection
-                backend.raw.release(taken, reusable=True, now=self._loop.time())
         detail = str(exc) if exc is not None else "connection closed before any answer"
         self._lane.observer.upstream_failed(backend.id, "reset", detail)
-        self._hand_over_after(
-            backend,
-            detail,
-            error_response(
-                502,
-                "upstream_reset",
-                f"backend {backend.id!r} closed the connection: {detail}",
-                backend.id,
-            ),
-        )
+        self._hand_over_after(EarlierAttempt.reset(backend.id, detail))
 
     def _connect_failed(self, exc: BaseException) -> None:
         backend = self._backend
         assert backend is not None
         if isinstance(exc, TimeoutError):
             self._lane.observer.upstream_failed(backend.id, "connect", repr(exc))
-            failure = error_response(
-                504,
-                "upstream_timeout",
-                f"could not connect to backend {backend.id!r} in time",
-                backend.id,
-            )
-            self._hand_over_after(backend, "connection timed out", failure)
-            return
-        self._lane.observer.upstream_failed(backend.id, "connect", str(exc))
-        failure = error_response(
-            502,
-            "upstream_unreachable",
-            f"could not connect to backend {backend.id!r}: {exc}",
-            backend.id,
-        )
-        self._hand_over_after(backend, str(exc), failure)
+            self._hand_over_after(EarlierAttempt.connect_timeout(backend.id))
+        else:
+            self._lane.observer.upstream_failed(backend.id, "connect", str(exc))
+            self._hand_over_after(EarlierAttempt.unreachable(backend.id, str(exc)))
 
-    def _hand_over_after(self, backend: Backend, cause: str, failure: Any) -> None:
-        """Hand the request over, noting that ``backend`` failed it (see the docstring)."""
+    def _hand_over_after(self, earlier: EarlierAttempt) -> None:
+        """Hand the request over with a note of the backend that left it unanswered."""
         if self._transport is not None:
-            self._lane.note_earlier(
-                self._transport, EarlierAttempt(frozenset({backend.id}), backend.id, cause, failure)
-            )
+            self._lane.note_earlier(self._transport, earlier)
         self._hand_off()
 
     # -- handing over --------------------------------------------------------------------

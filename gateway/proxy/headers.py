@@ -36,9 +36,9 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-_DROP_UPSTREAM = HOP_BY_HOP | {istr("Host"), istr("Origin"), istr("Referer")}
+DROP_UPSTREAM = HOP_BY_HOP | {istr("Host"), istr("Origin"), istr("Referer")}
 _CONTENT_LENGTH = frozenset({istr("Content-Length")})
-_FORWARDED = frozenset(
+FORWARDED = frozenset(
     istr(h) for h in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 )
 _WS_HANDSHAKE = frozenset(
@@ -75,11 +75,11 @@ def upstream_request_headers(
     drop = _connection_listed(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        if name in _DROP_UPSTREAM or name in drop or name.startswith(("Sec-Fetch-", "sec-fetch-")):
+        if name in DROP_UPSTREAM or name in drop or name.startswith(("Sec-Fetch-", "sec-fetch-")):
             continue
         if websocket and name in _WS_HANDSHAKE:
             continue
-        if not trust_forwarded and name in _FORWARDED:
+        if not trust_forwarded and name in FORWARDED:
             continue
         out.add(name, value)
     if peer:

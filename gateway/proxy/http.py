@@ -69,17 +69,47 @@ def error_response(
 
 
 class EarlierAttempt:
-    """How a request fared before it reached :meth:`HttpForwarder.forward` (see there)."""
+    """A backend that left a request unanswered: nothing came back, so the next may try.
+
+    Made by the constructors below, one per way of failing, by :meth:`HttpForwarder.forward`
+    itself and by the fast lane (which hands the request over with one); ``failure`` is the
+    answer if no backend is left.
+    """
 
     __slots__ = ("backend_id", "cause", "failure", "tried")
 
-    def __init__(
-        self, tried: frozenset[str], backend_id: str, cause: str, failure: web.Response
-    ) -> None:
-        self.tried = tried
+    def __init__(self, backend_id: str, cause: str, failure: web.Response) -> None:
+        self.tried = frozenset({backend_id})
         self.backend_id = backend_id
         self.cause = cause
         self.failure = failure
+
+    @classmethod
+    def reset(cls, backend_id: str, detail: str) -> EarlierAttempt:
+        """The connection closed or reset before any answer."""
+        message = f"backend {backend_id!r} closed the connection: {detail}"
+        return cls(backend_id, detail, error_response(502, "upstream_reset", message, backend_id))
+
+    @classmethod
+    def moved_away(cls, backend_id: str, detail: str) -> EarlierAttempt:
+        """The request waited on a backend that traffic moved away from."""
+        message = f"backend {backend_id!r} did not answer and no other backend could"
+        return cls(backend_id, detail, error_response(504, "upstream_timeout", message, backend_id))
+
+    @classmethod
+    def connect_timeout(cls, backend_id: str) -> EarlierAttempt:
+        """The connection was not made in time (nothing was sent)."""
+        message = f"could not connect to backend {backend_id!r} in time"
+        failure = error_response(504, "upstream_timeout", message, backend_id)
+        return cls(backend_id, "connection timed out", failure)
+
+    @classmethod
+    def unreachable(cls, backend_id: str, cause: str) -> EarlierAttempt:
+        """The connection was refused or could not be made (nothing was sent)."""
+        message = f"could not connect to backend {backend_id!r}: {cause}"
+        return cls(
+            backend_id, cause, error_response(502, "upstream_unreachable", message, backend_id)
+        )
 
 
 class BodyTooLarge(Exception):
@@ -193,12 +223,8 @@ class HttpForwarder:
                     f"gateway limit of {limit} bytes",
                 ),
             )
-        tried: set[str] = set()
-        backend_id: str | None = None
-        failure_cause = ""
-        if earlier is not None:
-            tried.update(earlier.tried)
-            backend_id, failure_cause, failure = earlier.backend_id, earlier.cause, earlier.failure
+        tried: set[str] = set(earlier.tried) if earlier is not None else set()
+        last = earlier  # the latest backend that left the request unanswered
         raw = path_qs if path_qs is not None else request.raw_path
         while (backend := pick(frozenset(tried))) is not None:
             tried.add(backend.id)
@@ -208,44 +234,20 @@ class HttpForwarder:
                 )
             except NoAnswer as exc:
                 self.observer.upstream_failed(backend.id, "reset", str(exc))
-                backend_id, failure_cause = backend.id, str(exc)
-                failure = error_response(
-                    502,
-                    "upstream_reset",
-                    f"backend {backend.id!r} closed the connection: {exc}",
-                    backend.id,
-                )
+                last = EarlierAttempt.reset(backend.id, str(exc))
                 continue  # idempotent and unanswered: safe to try the next backend
             except MovedAway as exc:
                 # The backend was found down (or traffic left it) while this request waited:
                 # nothing came back, and the request is idempotent; try where traffic goes now.
-                backend_id, failure_cause = backend.id, str(exc)
-                failure = error_response(
-                    504,
-                    "upstream_timeout",
-                    f"backend {backend.id!r} did not answer and no other backend could",
-                    backend.id,
-                )
+                last = EarlierAttempt.moved_away(backend.id, str(exc))
                 continue
             except aiohttp.ConnectionTimeoutError as exc:
                 self.observer.upstream_failed(backend.id, "connect", repr(exc))
-                backend_id, failure_cause = backend.id, "connection timed out"
-                failure = error_response(
-                    504,
-                    "upstream_timeout",
-                    f"could not connect to backend {backend.id!r} in time",
-                    backend.id,
-                )
+                last = EarlierAttempt.connect_timeout(backend.id)
                 continue  # nothing was sent: safe to try the next backend
             except aiohttp.ClientConnectorError as exc:
                 self.observer.upstream_failed(backend.id, "connect", str(exc))
-                backend_id, failure_cause = backend.id, str(exc.os_error or exc)
-                failure = error_response(
-                    502,
-                    "upstream_unreachable",
-                    f"could not connect to backend {backend.id!r}: {exc.os_error or exc}",
-                    backend.id,
-                )
+                last = EarlierAttempt.unreachable(backend.id, str(exc.os_error or exc))
                 continue  # nothing was sent: safe to try the next backend
             except BodyTooLarge:
                 return self._finish(
@@ -291,7 +293,8 @@ class HttpForwarder:
                         backend.id,
                     ),
                 )
-        if tried:
+        if last is not None:  # every backend tried left it unanswered
+            failure = last.failure
             if self._all_down():
                 # Health checks already know: say so plainly rather than blame one backend.
                 failure = error_response(
@@ -299,10 +302,10 @@ class HttpForwarder:
                     "no_backend_available",
                     "every ComfyUI backend is down; the gateway will use the first one that "
                     "comes back",
-                    last_backend=backend_id,
-                    cause=failure_cause,
+                    last_backend=last.backend_id,
+                    cause=last.cause,
                 )
-            return self._finish(request, backend_id, group, started, failure)
+            return self._finish(request, last.backend_id, group, started, failure)
         return self._finish(
             request,
             None,

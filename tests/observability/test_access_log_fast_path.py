@@ -122,3 +122,14 @@ def test_request_line_template_matches_the_chain(values: tuple, bound: bool) -> 
     assert list(fast) == list(chain)
     assert fast == chain
     assert "secret" not in json.dumps(fast)
+
+
+def test_request_line_with_the_console_renderer_goes_through_the_chain() -> None:
+    out = io.StringIO()
+    configure_logging("info", "console", stream=out)  # type: ignore[arg-type]
+    access_log.write_request_line("GET", "/x", 200, 0.01, 5, "r-2", "127.0.0.1", "b")
+    access_log.flush()
+    line = out.getvalue()
+    assert "request" in line
+    assert "r-2" in line
+    assert not line.startswith("{")  # the console renderer's line, not the JSON template's
