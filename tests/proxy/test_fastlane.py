@@ -19,6 +19,7 @@ from gateway.observability import access_log
 from gateway.observability.logging import configure_logging, reset_logging
 from gateway.proxy.observer import TrafficObserver
 from tests.conftest import GatewayTestServer, gateway_config, server_url, wait_for_state
+from tests.proxy.test_http_rescue import resetting_backend
 
 
 def echo_backend(name: str = "a") -> web.Application:
@@ -229,22 +230,7 @@ async def test_a_reset_get_is_retried_once_then_handed_to_the_next_backend(
 ) -> None:
     """A backend that resets GETs (health probes answered): two attempts there, then the next."""
     dropped: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head.startswith((b"GET /system_stats ", b"GET /prompt ")):  # health probes
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
-                    await writer.drain()
-                    continue
-                dropped.append(head.split(b"\r\n", 1)[0])
-                writer.transport.abort()
-                return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-
-    dying = await asyncio.start_server(handle, "127.0.0.1", 0)
+    dying = await asyncio.start_server(resetting_backend(dropped), "127.0.0.1", 0)
     backend = await aiohttp_server(echo_backend("b"))
     servers = [
         {"id": "b0", "name": "a", "url": f"http://127.0.0.1:{dying.sockets[0].getsockname()[1]}"},

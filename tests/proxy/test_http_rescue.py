@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -24,6 +25,29 @@ def backend_app(name: str, hung: asyncio.Event, seen: list[str]) -> web.Applicat
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
+
+
+def resetting_backend(dropped: list[bytes]) -> Callable[..., Awaitable[None]]:
+    """A raw backend answering health probes and resetting every other request (noted)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith((b"GET /system_stats ", b"GET /prompt ")):  # health probes
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 2\r\n\r\n{}"
+                    )
+                    await writer.drain()
+                    continue
+                dropped.append(head.split(b"\r\n", 1)[0])
+                writer.transport.abort()  # reset, no answer
+                return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+
+    return handle
 
 
 async def start_pair(start_app, make_gateway, read_timeout: float = 30.0):  # type: ignore[no-untyped-def]
@@ -80,25 +104,7 @@ async def test_unanswered_get_goes_to_the_next_backend_when_its_connection_is_re
 ) -> None:
     """A backend dying under a GET (connection closed before any answer): the next one answers."""
     dropped: list[bytes] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                if head.startswith((b"GET /system_stats ", b"GET /prompt ")):  # health probes
-                    writer.write(
-                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 2\r\n\r\n{}"
-                    )
-                    await writer.drain()
-                    continue
-                dropped.append(head.split(b"\r\n", 1)[0])
-                writer.transport.abort()  # reset, no answer
-                return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-
-    dying = await asyncio.start_server(handle, "127.0.0.1", 0)
+    dying = await asyncio.start_server(resetting_backend(dropped), "127.0.0.1", 0)
     port = dying.sockets[0].getsockname()[1]
     seen_b: list[str] = []
     b = await start_app(backend_app("b", asyncio.Event(), seen_b))

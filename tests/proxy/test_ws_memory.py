@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import WSMsgType
-
 from gateway.app import WS_RELAY
 from tests.conftest import server_url
 from tests.proxy.test_ws_relay import echo_ws_app
@@ -58,17 +56,6 @@ async def test_handshake_leftovers_are_released_and_the_relay_still_works(start_
             break
         await asyncio.sleep(0.05)
     assert upstream.ws.closed
-
-
-async def test_backend_close_after_release_reaches_the_client(start_app, make_gateway):
-    backend = await start_app(echo_ws_app(close_code=4001))
-    gw = await make_gateway([server_url(backend)])
-    async with gw.ws_connect("/ws") as ws:
-        await ws.receive_json(timeout=5)
-        await ws.send_str("close please")
-        msg = await ws.receive(timeout=10)
-        assert msg.type == WSMsgType.CLOSE
-        assert msg.data == 4001
 
 
 async def test_no_permessage_deflate_is_negotiated_with_clients(start_app, make_gateway):
