@@ -61,7 +61,7 @@ import httptools
 import structlog
 from aiohttp.http import SERVER_SOFTWARE
 
-from gateway.observability.access_log import write_request_line
+from gateway.observability.access_log import RequestLine, write_request_line
 from gateway.observability.logging import ACCESS_LOGGER_NAME
 from gateway.observability.middleware import request_id_from
 from gateway.proxy.headers import DROP_UPSTREAM, FORWARDED, HOP_BY_HOP
@@ -679,14 +679,16 @@ class FrontConnection(asyncio.Protocol):
         )
         if self._lane.access_log and _ACCESS.isEnabledFor(logging.INFO):
             write_request_line(
-                "GET",
-                path,
-                status,
-                duration,
-                sent,
-                self._request_id.decode(),
-                self._peer.decode() if self._peer is not None else None,
-                backend_id,
+                RequestLine(
+                    "GET",
+                    path,
+                    status,
+                    round(duration, 6),
+                    sent,
+                    self._request_id.decode(),
+                    self._peer.decode() if self._peer is not None else None,
+                    backend_id,
+                )
             )
 
     # -- the sweeper's checks ------------------------------------------------------------

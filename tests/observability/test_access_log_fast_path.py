@@ -96,7 +96,9 @@ def test_request_line_template_matches_the_chain(values: tuple, bound: bool) -> 
     if bound:  # a bound log context: merged, so the template steps aside
         structlog.contextvars.bind_contextvars(prompt_id="p-9")
     method, path, status, duration, sent, rid, remote, server = values
-    access_log.write_request_line(method, path, status, duration, sent, rid, remote, server)
+    access_log.write_request_line(
+        access_log.RequestLine(method, path, status, round(duration, 6), sent, rid, remote, server)
+    )
     access_log.flush()
     fast = json.loads(out.getvalue())
     out.seek(0)
@@ -127,7 +129,9 @@ def test_request_line_template_matches_the_chain(values: tuple, bound: bool) -> 
 def test_request_line_with_the_console_renderer_goes_through_the_chain() -> None:
     out = io.StringIO()
     configure_logging("info", "console", stream=out)  # type: ignore[arg-type]
-    access_log.write_request_line("GET", "/x", 200, 0.01, 5, "r-2", "127.0.0.1", "b")
+    access_log.write_request_line(
+        access_log.RequestLine("GET", "/x", 200, 0.01, 5, "r-2", "127.0.0.1", "b")
+    )
     access_log.flush()
     line = out.getvalue()
     assert "request" in line
