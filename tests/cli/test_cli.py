@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,12 +28,16 @@ async def read_until(stream: asyncio.StreamReader, marker: str, timeout: float =
     raise AssertionError(f"process ended before printing {marker!r}: {''.join(lines)}")
 
 
+async def start_cli(*args: str, **kwargs: Any) -> asyncio.subprocess.Process:
+    """Start ``python -m gateway ARGS`` (stdout and stderr piped unless given)."""
+    kwargs.setdefault("stdout", asyncio.subprocess.PIPE)
+    kwargs.setdefault("stderr", asyncio.subprocess.PIPE)
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args, **kwargs)
+
+
 async def test_demo_serves_and_stops_its_backends(tmp_path: Path) -> None:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await start_cli(
         "demo",
         "--port",
         str(port),
@@ -78,10 +83,7 @@ async def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path) ->
         "  - {id: a, name: B, url: ftp://x, colour: blue}\n"
         "active: nowhere\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await start_cli(
         "check-config",
         str(bad),
         stdout=asyncio.subprocess.PIPE,
@@ -93,10 +95,7 @@ async def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path) ->
     for expected in ("servers[1].url", "servers[1].colour", "duplicate", "active", str(bad)):
         assert expected in text, text
     good = REPO / "config" / "gateway.yaml"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await start_cli(
         "check-config",
         str(good),
         stdout=asyncio.subprocess.PIPE,
@@ -110,10 +109,7 @@ async def test_check_config_reports_every_problem_and_exits_2(tmp_path: Path) ->
 async def test_no_config_runs_on_the_built_in_default_and_says_so(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "COMFYUI_GATEWAY_CONFIG"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await start_cli(
         "--port",
         str(port),
         stdout=asyncio.subprocess.PIPE,
@@ -139,10 +135,7 @@ async def test_no_config_runs_on_the_built_in_default_and_says_so(tmp_path: Path
 
 async def test_refuses_a_public_address_without_an_admin_token(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYUI_GATEWAY")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
+    process = await start_cli(
         "--host",
         "0.0.0.0",
         "--port",
