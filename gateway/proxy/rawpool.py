@@ -16,7 +16,6 @@ Idle connections are dropped after :data:`~gateway.proxy.upstream.KEEPALIVE` sec
 from __future__ import annotations
 
 import asyncio
-import ssl
 from typing import TYPE_CHECKING, Protocol
 
 import httptools
@@ -200,21 +199,8 @@ def _header_lines(data: bytes | None, count: int) -> bytes | None:
 class RawPool:
     """The idle :class:`RawConnection` s of one backend (see the module docstring)."""
 
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int | None,
-        use_tls: bool,
-        slots: Http1Pool,
-        connect_timeout: float,
-        keepalive: float,
-    ) -> None:
-        self._host = host
-        self._port = port
-        self._ssl = ssl.create_default_context() if use_tls else None
-        self._slots = slots
-        self._connect_timeout = connect_timeout
+    def __init__(self, slots: Http1Pool, *, keepalive: float) -> None:
+        self._slots = slots  # its slots, and how it connects to the backend
         self._keepalive = keepalive
         self._idle: list[RawConnection] = []
         self._closed = False
@@ -244,16 +230,7 @@ class RawPool:
         Raises ``OSError`` (refused, unreachable) or ``TimeoutError`` after the backend's
         connect timeout; the slot is then the caller's to :meth:`release`.
         """
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(self._connect_timeout):
-            _, conn = await loop.create_connection(
-                RawConnection,
-                self._host,
-                self._port,
-                ssl=self._ssl,
-                server_hostname=self._host if self._ssl is not None else None,
-            )
-        return conn
+        return await self._slots.open_connection(RawConnection)
 
     def release(self, conn: RawConnection | None, *, reusable: bool, now: float) -> None:
         """Give back the slot, and ``conn`` (kept when ``reusable`` and still healthy)."""

@@ -26,6 +26,8 @@ import base64
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
+from typing import TypeVar
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -40,6 +42,8 @@ from gateway.config.models import GatewayConfig, ServerConfig
 from gateway.proxy.rawpool import RawPool
 from gateway.tasks import spawn
 
+P = TypeVar("P", bound=asyncio.Protocol)
+
 
 class Backend:
     """One ComfyUI server as the data plane sees it."""
@@ -49,6 +53,11 @@ class Backend:
         self.id = server.id
         self.base_url = URL(server.url)
         self.auth_headers = _auth_headers(server)
+        self.raw_auth = b"".join(
+            f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+            for name, value in self.auth_headers.items()
+        )
+        """:attr:`auth_headers` as header lines (``Name: value\\r\\n`` each), for the fast lane."""
         self.raw_auth_names = frozenset(name.lower().encode() for name in self.auth_headers)
         """The lower-case names of :attr:`auth_headers` (a client's headers of these names
         never reach the backend)."""
@@ -65,7 +74,6 @@ class Backend:
         self._ws_session: aiohttp.ClientSession | None = None
         self._http: Http1Pool | None = None
         self._raw: RawPool | None = None
-        self._raw_auth: bytes | None = None
         base_path = self.base_url.raw_path.rstrip("/")
         self._target_prefix = base_path
         self.host_header = self.base_url.host_port_subcomponent or ""
@@ -82,27 +90,8 @@ class Backend:
     def raw(self) -> RawPool:
         """Return this backend's raw connections for the fast lane (slots shared with http)."""
         if self._raw is None:
-            url = self.base_url
-            self._raw = RawPool(
-                host=url.raw_host or "",
-                port=url.port,
-                use_tls=url.scheme == "https",
-                slots=self.http,
-                connect_timeout=self.server.timeouts.connect,
-                keepalive=KEEPALIVE,
-            )
+            self._raw = RawPool(self.http, keepalive=KEEPALIVE)
         return self._raw
-
-    @property
-    def raw_auth(self) -> bytes:
-        """Return this backend's credentials as header lines (``Name: value\\r\\n`` each)."""
-        lines = self._raw_auth
-        if lines is None:
-            lines = self._raw_auth = b"".join(
-                f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
-                for name, value in self.auth_headers.items()
-            )
-        return lines
 
     def target(self, raw_path_qs: str) -> str:
         """Return the request target (path and query, still encoded) for a client's raw one.
@@ -393,20 +382,30 @@ class Http1Pool:
         if self._closed:
             raise aiohttp.ClientConnectorError(self._key, OSError("connection pool closed"))
         try:
-            async with asyncio.timeout(self._connect_timeout):
-                _, proto = await loop.create_connection(
-                    lambda: ResponseHandler(loop),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+            proto = await self.open_connection(lambda: ResponseHandler(loop))
         except TimeoutError as exc:
             raise aiohttp.ConnectionTimeoutError(
                 f"Connection timeout to host {self._host}:{self._port}"
             ) from exc
         except OSError as exc:
             raise aiohttp.ClientConnectorError(self._key, exc) from exc
+        return proto
+
+    async def open_connection(self, factory: Callable[[], P]) -> P:
+        """Open a connection to the backend with ``factory``'s protocol (also the fast lane's).
+
+        Raises ``TimeoutError`` after the backend's connect timeout, ``OSError`` when refused
+        or unreachable. Takes no slot: the caller holds one.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self._connect_timeout):
+            _, proto = await loop.create_connection(
+                factory,
+                self._host,
+                self._port,
+                ssl=self._ssl,
+                server_hostname=self._host if self._ssl is not None else None,
+            )
         return proto
 
     def take_slot(self) -> bool:
